@@ -1,0 +1,1 @@
+"""rcot_jax: Residual-Conditioned Optimal Transport in JAX."""

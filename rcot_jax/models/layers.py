@@ -1,0 +1,120 @@
+"""Layers with PyTorch semantics (padding, initialisation, channel order), NHWC.
+
+The official RCOT networks are PyTorch modules; these layers reproduce their arithmetic exactly so that
+training dynamics match and official weights map one to one (a PyTorch OIHW conv weight is this module's
+HWIO kernel after a transpose).
+"""
+import math
+from typing import Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def torch_default_init(fan_in: int) -> Callable:
+    """PyTorch's default for Conv2d/Linear weights and biases: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class Conv2d(nn.Module):
+    """`torch.nn.Conv2d` in NHWC: symmetric explicit padding (default k // 2), groups, optional bias."""
+    features: int
+    kernel_size: int
+    stride: int = 1
+    padding: Optional[int] = None
+    groups: int = 1
+    use_bias: bool = False
+    kernel_init: Optional[Callable] = None  # default: PyTorch's
+
+    @nn.compact
+    def __call__(self, x):
+        in_features = x.shape[-1]
+        if in_features % self.groups or self.features % self.groups:
+            raise ValueError(f"Conv2d: channels {in_features}->{self.features} not divisible by groups={self.groups}")
+        k = self.kernel_size
+        fan_in = in_features // self.groups * k * k
+        pad = k // 2 if self.padding is None else self.padding
+        kernel = self.param("kernel", self.kernel_init or torch_default_init(fan_in),
+                            (k, k, in_features // self.groups, self.features))
+        y = jax.lax.conv_general_dilated(
+            x, kernel, window_strides=(self.stride, self.stride), padding=((pad, pad), (pad, pad)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
+        if self.use_bias:
+            y = y + self.param("bias", torch_default_init(fan_in), (self.features,))
+        return y
+
+
+class Linear(nn.Module):
+    """`torch.nn.Linear` with PyTorch's default initialisation."""
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        init = torch_default_init(x.shape[-1])
+        kernel = self.param("kernel", init, (x.shape[-1], self.features))
+        return x @ kernel + self.param("bias", init, (self.features,))
+
+
+class LayerNorm(nn.Module):
+    """Restormer's 'WithBias' LayerNorm over channels: biased variance, eps 1e-5."""
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        mu = x.mean(-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(-1, keepdims=True)
+        y = (x - mu) / jnp.sqrt(var + 1e-5)
+        return y * self.param("scale", nn.initializers.ones, (c,)) + self.param("bias", nn.initializers.zeros, (c,))
+
+
+def pixel_unshuffle(x, r: int = 2):
+    """`torch.nn.PixelUnshuffle(r)` in NHWC: output channel c*r*r + i*r + j holds input pixel (r*h+i, r*w+j) of c."""
+    b, h, w, c = x.shape
+    if h % r or w % r:
+        raise ValueError(f"pixel_unshuffle: spatial size {h}x{w} is not divisible by {r}")
+    x = x.reshape(b, h // r, r, w // r, r, c)
+    return x.transpose(0, 1, 3, 5, 2, 4).reshape(b, h // r, w // r, c * r * r)
+
+
+def pixel_shuffle(x, r: int = 2):
+    """`torch.nn.PixelShuffle(r)` in NHWC, the inverse of `pixel_unshuffle`."""
+    b, h, w, c = x.shape
+    if c % (r * r):
+        raise ValueError(f"pixel_shuffle: {c} channels are not divisible by {r * r}")
+    x = x.reshape(b, h, w, c // (r * r), r, r)
+    return x.transpose(0, 1, 4, 2, 5, 3).reshape(b, h * r, w * r, c // (r * r))
+
+
+def bilinear_downsample_x2(x):
+    """`F.interpolate(scale_factor=0.5, mode='bilinear', align_corners=False)`: output pixel o samples input
+    coordinate 2o + 0.5, so it is exactly the mean of each 2x2 block (no antialiasing)."""
+    b, h, w, c = x.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"bilinear_downsample_x2: spatial size {h}x{w} must be even")
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+def _upsample_axis_x2(x, axis):
+    # align_corners=False: output 2k samples k - 1/4, output 2k+1 samples k + 1/4; the source is clamped at edges.
+    n = x.shape[axis]
+    prev = jnp.concatenate([jax.lax.slice_in_dim(x, 0, 1, axis=axis),
+                            jax.lax.slice_in_dim(x, 0, n - 1, axis=axis)], axis=axis)
+    nxt = jnp.concatenate([jax.lax.slice_in_dim(x, 1, n, axis=axis),
+                           jax.lax.slice_in_dim(x, n - 1, n, axis=axis)], axis=axis)
+    even = 0.75 * x + 0.25 * prev
+    odd = 0.75 * x + 0.25 * nxt
+    out = jnp.stack([even, odd], axis=axis + 1)
+    shape = list(x.shape)
+    shape[axis] = 2 * n
+    return out.reshape(shape)
+
+
+def bilinear_upsample_x2(x):
+    """`F.interpolate(scale_factor=2, mode='bilinear', align_corners=False)` in NHWC."""
+    return _upsample_axis_x2(_upsample_axis_x2(x, 1), 2)
