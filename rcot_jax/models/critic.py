@@ -5,7 +5,7 @@ import jax.numpy as jnp
 from rcot_jax.models.layers import Conv2d, Linear
 
 # (kernel, stride, padding, out channels, bias) of the ten convolutions, each followed by LeakyReLU(0.2).
-_FEATURES = (
+CONV_LAYERS = (
     (5, 1, 2, 64, True), (4, 2, 1, 64, True),
     (3, 1, 1, 128, True), (4, 2, 1, 128, True),
     (3, 1, 1, 256, True), (4, 2, 1, 256, True),
@@ -28,7 +28,7 @@ class Critic(nn.Module):
             raise ValueError(f"Critic: patch_size={p} must be divisible by 32")
         if x.shape[1:3] != (p, p):
             raise ValueError(f"Critic(patch_size={p}) got input of spatial size {x.shape[1]}x{x.shape[2]}")
-        for i, (k, stride, pad, c, bias) in enumerate(_FEATURES):
+        for i, (k, stride, pad, c, bias) in enumerate(CONV_LAYERS):
             x = Conv2d(c, k, stride=stride, padding=pad, use_bias=bias, kernel_init=nn.initializers.normal(0.02),
                        name=f"features_{2 * i}")(x)
             x = nn.leaky_relu(x, 0.2)

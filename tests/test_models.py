@@ -1,0 +1,80 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rcot_jax import models, steps
+from configs import default
+
+
+def _num_params(module, shape):
+    params = jax.eval_shape(module.init, jax.random.key(0), jax.ShapeDtypeStruct(shape, jnp.float32))
+    return sum(leaf.size for leaf in jax.tree.leaves(params))
+
+
+def test_official_parameter_counts():
+    assert _num_params(models.RestormerRCOT(), (1, 128, 128, 3)) == 44_600_640
+    assert _num_params(models.MPRNetRCOT(), (1, 128, 128, 3)) == 6_728_529
+    assert _num_params(models.Critic(patch_size=128), (1, 128, 128, 3)) == 30_588_609
+
+
+def test_default_config_builds_official_sizes():
+    t_model, f_model = steps.build_models(default.get_config())
+    assert _num_params(t_model, (1, 128, 128, 3)) == 44_600_640
+    assert _num_params(f_model, (1, 128, 128, 3)) == 30_588_609
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return default.get_config("tiny")
+
+
+def _tiny_map(config, backbone, **overrides):
+    config = config.copy_and_resolve_references()
+    config.model.backbone = backbone
+    for k, v in overrides.items():
+        setattr(config.model, k, v)
+    return steps.build_models(config)[0]
+
+
+@pytest.mark.parametrize("backbone", ["restormer", "mprnet"])
+def test_single_pass_equals_first_pass(tiny, backbone):
+    x = jax.random.uniform(jax.random.key(0), (2, 16, 24, 3))
+    two = _tiny_map(tiny, backbone)
+    params = jax.jit(two.init)(jax.random.key(1), x)
+    out, first = jax.jit(lambda p, x: two.apply(p, x, return_first_pass=True))(params, x)
+    assert out.shape == first.shape == x.shape
+
+    one = _tiny_map(tiny, backbone, two_pass=False)
+    one_shapes = jax.eval_shape(one.init, jax.random.key(1), x)
+    # The single-pass backbone's parameters are a strict subset of the two-pass map's.
+    sub = {"params": {k: params["params"][k] for k in one_shapes["params"]}}
+    assert len(sub["params"]) < len(params["params"])
+    single = jax.jit(one.apply)(sub, x)
+    np.testing.assert_allclose(single, first, atol=1e-6)
+    # The second pass is conditioned on the residual: it changes the output.
+    assert float(jnp.abs(out - first).max()) > 1e-4
+
+
+@pytest.mark.parametrize("backbone", ["restormer", "mprnet"])
+def test_cond_scale_is_used(tiny, backbone):
+    x = jax.random.uniform(jax.random.key(0), (1, 16, 16, 3))
+    a, b = _tiny_map(tiny, backbone, cond_scale=0.8), _tiny_map(tiny, backbone, cond_scale=0.0)
+    params = jax.jit(a.init)(jax.random.key(1), x)
+    assert float(jnp.abs(jax.jit(a.apply)(params, x) - jax.jit(b.apply)(params, x)).max()) > 1e-5
+
+
+def test_critic_output_and_input_size_check():
+    critic = models.Critic(patch_size=32)
+    x = jnp.ones((3, 32, 32, 3))
+    params = jax.jit(critic.init)(jax.random.key(0), x)
+    assert critic.apply(params, x).shape == (3,)
+    with pytest.raises(ValueError, match="patch_size=32"):
+        critic.apply(params, jnp.ones((3, 64, 64, 3)))
+
+
+def test_map_size_checks():
+    with pytest.raises(ValueError, match="divisible by 8"):
+        models.RestormerRCOT(dim=8).init(jax.random.key(0), jnp.ones((1, 12, 16, 3)))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        models.MPRNetRCOT(n_feat=8, scale_unetfeats=4).init(jax.random.key(0), jnp.ones((1, 10, 16, 3)))
