@@ -40,8 +40,8 @@ def create_train_state(config, rng):
     @jax.jit
     def init():
         # T's parameters do not depend on the input size; the critic's fc layer does.
-        t_params = t_model.init(t_key, jnp.zeros((1, 8, 8, 3), jnp.float32))
-        f_params = f_model.init(f_key, jnp.zeros((1, p, p, 3), jnp.float32))
+        t_params = t_model.init(t_key, jnp.zeros((1, 8, 8, 3)))
+        f_params = f_model.init(f_key, jnp.zeros((1, p, p, 3)))
         return RCOTState(step=jnp.zeros((), jnp.int32), t_params=t_params, f_params=f_params,
                          t_opt_state=t_opt.init(t_params), f_opt_state=f_opt.init(f_params))
 
