@@ -76,9 +76,10 @@ def train_step(state: RCOTState, batch, rng, config, axis_name=None):
         return lambda images: f_model.apply(f_params, images)
 
     def f_update(f_params, f_opt_state, loss_fn):
-        value, grads = jax.value_and_grad(loss_fn)(f_params)
+        """One critic optimiser step on loss_fn(f_params) -> (loss, logged values)."""
+        (_, logged), grads = jax.value_and_grad(loss_fn, has_aux=True)(f_params)
         updates, f_opt_state = f_opt.update(_psum(grads, axis_name), f_opt_state, f_params)
-        return optax.apply_updates(f_params, updates), f_opt_state, value
+        return optax.apply_updates(f_params, updates), f_opt_state, logged
 
     # Critic: T is held fixed.
     restored = lax.stop_gradient(t_model.apply(state.t_params, x))
@@ -93,15 +94,13 @@ def train_step(state: RCOTState, batch, rng, config, axis_name=None):
             return losses.gradient_penalty(potential(fp), restored, y, alpha, lc.lambda_gp, axis_name)
 
         if config.critic.gp_update == "separate":
-            f_params, f_opt_state, critic = f_update(f_params, f_opt_state, w_loss)
-            f_params, f_opt_state, gp = f_update(f_params, f_opt_state, gp_loss)
+            f_params, f_opt_state, critic = f_update(f_params, f_opt_state, lambda fp: (w_loss(fp),) * 2)
+            f_params, f_opt_state, gp = f_update(f_params, f_opt_state, lambda fp: (gp_loss(fp),) * 2)
         else:
             def joint(fp):
                 w, g = w_loss(fp), gp_loss(fp)
                 return w + g, (w, g)
-            (_, (critic, gp)), grads = jax.value_and_grad(joint, has_aux=True)(f_params)
-            updates, f_opt_state = f_opt.update(_psum(grads, axis_name), f_opt_state, f_params)
-            f_params = optax.apply_updates(f_params, updates)
+            f_params, f_opt_state, (critic, gp) = f_update(f_params, f_opt_state, joint)
 
     # Map: the updated critic is held fixed (only T's parameters are differentiated).
     def t_loss(t_params):
