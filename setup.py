@@ -21,6 +21,8 @@ setup(
         "tensorboard",
         "numpy",
         "pillow",
+        "scipy",
+        "scikit-image>=0.22",   # the embedded sample photographs
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist", "torch==2.13.0"],

@@ -1,8 +1,9 @@
-"""RCOT training configuration.
+"""RCOT training configuration shared by the task configs (`configs/<task>.py` override the data).
 
 `''`: the official training settings (README of xl-tang3/RCOT: Restormer map, batch 3, patch 128, RMSprop,
 critic lr 1e-4, map lr 5e-5, x0.1 every 20 epochs, lambda_F 1, lambda_pair 1e4, lambda_GP 10, fully paired),
 with the paper's Fourier cost (`loss.fourier_variant='official'` reproduces the official trainer's).
+`'quick'`: a small MPRNet map and a narrow critic that visibly restore within minutes on a 2-core CPU.
 `'tiny'`: the same architecture, small enough for CPU tests.
 """
 import ml_collections
@@ -11,11 +12,16 @@ import ml_collections
 _OFFICIAL_STEPS_PER_EPOCH = 24_000
 
 
+def set_epochs(c, steps_per_epoch, epochs=51, decay_every_epochs=20):
+    """The official schedule in train steps: `epochs` epochs, learning rates x0.1 every `decay_every_epochs`."""
+    c.num_train_steps = epochs * steps_per_epoch
+    c.optim.decay_every_steps = decay_every_epochs * steps_per_epoch
+
+
 def get_config(arg=None):
     arg = arg or ""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.num_train_steps = 51 * _OFFICIAL_STEPS_PER_EPOCH
 
     c.model = ml_collections.ConfigDict()
     c.model.backbone = "restormer"            # 'restormer' (official trainer) | 'mprnet' (paper, pretrained weights)
@@ -24,10 +30,23 @@ def get_config(arg=None):
     c.model.restormer = dict(dim=48, num_blocks=(4, 6, 6, 8), num_refinement_blocks=4, heads=(1, 2, 4, 8),
                              ffn_expansion_factor=2.66)
     c.model.mprnet = dict(n_feat=80, scale_unetfeats=48, reduction=4)
+    c.model.critic_width = 64                 # channels of the critic's first convolution (official: 64)
 
     c.data = ml_collections.ConfigDict()
+    c.data.task = "deblur"                    # see rcot_jax.data.pipeline.TASKS
+    c.data.noise_sigma = 25                   # 15 | 25 | 50, for 'denoise' (and noise inside 'allinone')
+    c.data.mix = ("haze", "rain", "noise15", "noise25", "noise50")    # degradations 'allinone' draws from
+    c.data.train_dir = ""                     # a folder of clean images; '' = the embedded sample photographs
+    c.data.eval_dir = ""                      # held-out clean images; '' = the embedded held-out photographs
     c.data.patch_size = 128                   # the critic only accepts patch_size x patch_size inputs
-    c.data.batch_size = 3                     # global, over all devices
+    c.data.batch_size = 3                     # global, over all devices and processes
+    c.data.paired_fraction = 1.0              # 1: all paired; 0: unpaired (independent targets); between: a
+                                              # fixed subset of the training images is paired
+    c.data.num_workers = 0                    # grain worker processes (0: threads of this process)
+    c.data.prefetch = 8                       # batches prepared ahead
+    c.data.eval_size = 256                    # held-out crops are eval_size x eval_size
+    c.data.eval_crops = 4                     # crops per held-out image (fixed positions and degradations)
+    c.data.eval_batch_size = 8                # images per evaluation forward pass
 
     c.loss = ml_collections.ConfigDict()
     c.loss.fourier_variant = "paper"          # 'paper' | 'official' (x/2 precedence bug, batch sum)
@@ -43,20 +62,47 @@ def get_config(arg=None):
     c.optim.name = "rmsprop"                  # 'rmsprop' | 'adam', both with PyTorch semantics
     c.optim.lr_critic = 1e-4
     c.optim.lr_map = 5e-5
-    c.optim.decay_every_steps = 20 * _OFFICIAL_STEPS_PER_EPOCH
     c.optim.decay_factor = 0.1
+    set_epochs(c, _OFFICIAL_STEPS_PER_EPOCH)
 
     c.parallel = ml_collections.ConfigDict()
     c.parallel.wrapper = "shard_map"          # 'shard_map' | 'pmap'
 
-    if arg == "tiny":
+    c.log_every_steps = 100
+    c.eval_every_steps = 5000
+    c.checkpoint_every_steps = 5000
+    c.keep_checkpoints = 3
+    c.num_sample_images = 4                   # rows of the sample grid written at every evaluation
+
+    if arg == "quick":
+        c.num_train_steps = 300
+        c.model.backbone = "mprnet"           # on a CPU, far faster per pixel than the Restormer map
+        c.model.mprnet = dict(n_feat=16, scale_unetfeats=8, reduction=4)
+        c.model.critic_width = 16
+        c.data.patch_size = 64
+        c.data.batch_size = 8
+        c.data.eval_size = 128
+        c.optim.name = "adam"
+        c.optim.lr_map = 1e-3
+        c.optim.decay_every_steps = 200
+        c.log_every_steps = 25
+        c.eval_every_steps = 100
+        c.checkpoint_every_steps = 100
+    elif arg == "tiny":
         c.num_train_steps = 3
         c.model.restormer = dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 2, 2),
                                  ffn_expansion_factor=2.66)
         c.model.mprnet = dict(n_feat=8, scale_unetfeats=4, reduction=4)
+        c.model.critic_width = 16
         c.data.patch_size = 32
         c.data.batch_size = 8
+        c.data.eval_size = 32
+        c.data.eval_crops = 1
         c.optim.decay_every_steps = 2
+        c.log_every_steps = 1
+        c.eval_every_steps = 3
+        c.checkpoint_every_steps = 2
+        c.num_sample_images = 2
     elif arg:
-        raise ValueError(f"configs/default.py: unknown variant {arg!r}, expected '' or 'tiny'")
+        raise ValueError(f"configs/default.py: unknown variant {arg!r}, expected '', 'quick' or 'tiny'")
     return c

@@ -27,7 +27,7 @@ def build_models(config):
         t_model = models.MPRNetRCOT(**m.mprnet, two_pass=m.two_pass, cond_scale=m.cond_scale)
     else:
         raise ValueError(f"config.model.backbone={m.backbone!r}, expected one of {BACKBONES}")
-    return t_model, models.Critic(patch_size=config.data.patch_size)
+    return t_model, models.Critic(patch_size=config.data.patch_size, width=config.model.critic_width)
 
 
 def create_train_state(config, rng):

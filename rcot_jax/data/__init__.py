@@ -1,0 +1,1 @@
+"""Input data: embedded images, degradations, the grain pipeline."""

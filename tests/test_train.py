@@ -1,0 +1,115 @@
+"""The training program end to end on tiny configs and 8 CPU devices: every task trains and evaluates;
+resume, completion, SIGTERM, SIGKILL and non-finite losses."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import allinone, deblur, dehaze, denoise, derain, lowlight, sr
+from rcot_jax import steps, train
+from rcot_jax.checkpointing import Checkpointer
+from rcot_jax.data import images as images_lib
+from rcot_jax.data import pipeline
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+TASKS = {"deblur": deblur, "denoise": denoise, "derain": derain, "dehaze": dehaze, "sr": sr,
+         "lowlight": lowlight, "allinone": allinone}
+EVAL_KEYS = {"step", "psnr", "ssim", "input_psnr", "input_ssim"}
+
+
+def _eval_lines(workdir):
+    with open(os.path.join(workdir, "eval.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _restore_latest(config, workdir):
+    """The latest checkpoint restored through the public path, with a fresh data iterator."""
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+    abstract = jax.eval_shape(lambda: steps.create_train_state(config, jax.random.key(0)))
+    data_iter = iter(pipeline.train_dataset(config, images_lib.load_embedded("train")))
+    try:
+        return ckpt.latest_step(), ckpt.restore(ckpt.latest_step(), abstract, data_iter)
+    finally:
+        ckpt.close()
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_every_task_trains_and_evaluates(task, tmp_path):
+    config = TASKS[task].get_config("tiny")
+    state = train.train_and_evaluate(config, str(tmp_path))
+    assert int(state.step) == config.num_train_steps == 3
+
+    (line,) = _eval_lines(tmp_path)
+    assert EVAL_KEYS <= set(line) and line["step"] == 3
+    assert all(np.isfinite(v) for v in line.values())
+    if task == "allinone":
+        assert {f"psnr/{n}" for n in config.data.mix} <= set(line)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "3"]
+    assert os.listdir(tmp_path / "samples") == ["step_0000003.png"]
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
+    assert json.load(open(tmp_path / "config.json"))["data"]["task"] == task
+
+
+def test_finished_run_is_not_retrained_and_a_nan_keeps_the_last_checkpoint(tmp_path, caplog):
+    config = deblur.get_config("tiny")
+    train.train_and_evaluate(config, str(tmp_path))
+    caplog.set_level("INFO")
+    state = train.train_and_evaluate(config, str(tmp_path))
+    assert int(state.step) == 3 and "Training is complete: step 3 of 3" in caplog.text
+    assert len(_eval_lines(tmp_path)) == 1
+
+    # An absurd map learning rate overflows T's parameters at step 4, so step 5's loss is NaN.
+    config.num_train_steps, config.optim.lr_map, config.checkpoint_every_steps = 6, 1e38, 4
+    with pytest.raises(FloatingPointError, match=r"non-finite (loss at step 5|parameters after step 4)"):
+        train.train_and_evaluate(config, str(tmp_path))
+    step, restored = _restore_latest(config, str(tmp_path))
+    assert step == 3 and int(restored.step) == 3
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored.t_params))
+
+
+def _launch(workdir, *overrides):
+    return subprocess.Popen(
+        [sys.executable, "-m", "rcot_jax.main", "--config=configs/deblur.py:tiny", f"--workdir={workdir}",
+         "--config.num_train_steps=1000", "--config.eval_every_steps=1000", *overrides],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(proc, text, timeout=300):
+    deadline, seen = time.time() + timeout, []
+    for line in proc.stdout:
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+        if time.time() > deadline:
+            break
+    proc.kill()
+    raise AssertionError(f"{text!r} not seen:\n" + "".join(seen[-30:]))
+
+
+def test_sigterm_saves_a_checkpoint_that_restores(tmp_path):
+    proc = _launch(tmp_path, "--config.checkpoint_every_steps=1000")
+    _wait_for(proc, "] [2] train/")
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, out[-3000:]
+    assert "Stopped by SIGTERM after step" in out
+    step, restored = _restore_latest(deblur.get_config("tiny"), str(tmp_path))
+    assert step >= 2 and int(restored.step) == step
+
+
+def test_sigkill_then_rerun_finishes_the_run(tmp_path):
+    proc = _launch(tmp_path, "--config.checkpoint_every_steps=2")
+    _wait_for(proc, "] [3] train/")
+    proc.kill()
+    proc.wait()
+    config = deblur.get_config("tiny")
+    config.num_train_steps = 5
+    state = train.train_and_evaluate(config, str(tmp_path))
+    assert int(state.step) == 5
+    assert [line["step"] for line in _eval_lines(tmp_path)] == [5]
