@@ -36,6 +36,7 @@ def get_config(arg=None):
     c.data.task = "deblur"                    # see rcot_jax.data.pipeline.TASKS
     c.data.noise_sigma = 25                   # 15 | 25 | 50, for 'denoise' (and noise inside 'allinone')
     c.data.mix = ("haze", "rain", "noise15", "noise25", "noise50")    # degradations 'allinone' draws from
+    c.data.blur_kernel_size = 15              # camera-shake kernels span up to this many pixels
     c.data.train_dir = ""                     # a folder of clean images; '' = the embedded sample photographs
     c.data.eval_dir = ""                      # held-out clean images; '' = the embedded held-out photographs
     c.data.patch_size = 128                   # the critic only accepts patch_size x patch_size inputs
@@ -75,19 +76,19 @@ def get_config(arg=None):
     c.num_sample_images = 4                   # rows of the sample grid written at every evaluation
 
     if arg == "quick":
-        c.num_train_steps = 300
+        c.num_train_steps = 2000
         c.model.backbone = "mprnet"           # on a CPU, far faster per pixel than the Restormer map
         c.model.mprnet = dict(n_feat=16, scale_unetfeats=8, reduction=4)
-        c.model.critic_width = 16
-        c.data.patch_size = 64
+        c.model.critic_width = 8
+        c.data.patch_size = 32                # many small steps learn faster per CPU-second than few large
         c.data.batch_size = 8
         c.data.eval_size = 128
         c.optim.name = "adam"
-        c.optim.lr_map = 1e-3
-        c.optim.decay_every_steps = 200
-        c.log_every_steps = 25
-        c.eval_every_steps = 100
-        c.checkpoint_every_steps = 100
+        c.optim.lr_map = 2e-3
+        c.optim.decay_every_steps = 1500
+        c.log_every_steps = 100
+        c.eval_every_steps = 500
+        c.checkpoint_every_steps = 500
     elif arg == "tiny":
         c.num_train_steps = 3
         c.model.restormer = dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 2, 2),

@@ -32,11 +32,15 @@ BATCH_KEYS = ("degraded", "target", "paired", "de_id")   # what the train step r
 
 
 def _load_images(data_config):
-    train = images_lib.load_folder(data_config.train_dir) if data_config.train_dir else \
-        images_lib.load_embedded("train")
-    held_out = images_lib.load_folder(data_config.eval_dir) if data_config.eval_dir else \
-        images_lib.load_embedded("heldout")
-    return train, held_out
+    """(training images, held-out images): the folders the config names, else the embedded photographs."""
+    def load(key, split):
+        if not data_config[key]:
+            return images_lib.load_embedded(split)
+        try:
+            return images_lib.load_folder(data_config[key])
+        except ValueError as e:
+            raise ValueError(f"config.data.{key}: {e}") from e
+    return load("train_dir", "train"), load("eval_dir", "heldout")
 
 
 def _global_batch(local, sharding):

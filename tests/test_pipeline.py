@@ -4,7 +4,8 @@ import itertools
 import numpy as np
 import pytest
 
-from configs import allinone, denoise
+from configs import allinone, deblur, denoise
+from rcot_jax import metrics
 from rcot_jax.data import images as images_lib
 from rcot_jax.data import pipeline
 
@@ -140,3 +141,12 @@ def test_eval_set_is_fixed_and_covers_every_degradation():
 def test_images_smaller_than_a_crop_are_rejected_by_name():
     with pytest.raises(ValueError, match=r"image 'page.png' is 176x384, smaller than config.data.patch_size=256"):
         _batches(_config(patch_size=256), 1)
+
+
+def test_blur_kernel_size_sets_the_blur_strength():
+    images = images_lib.load_embedded("heldout")
+    psnr = {}
+    for size in (5, 21):
+        data = pipeline.eval_set(_config(deblur, blur_kernel_size=size, eval_size=64), images)
+        psnr[size] = metrics.psnr(data["degraded"], data["target"]).mean()
+    assert psnr[21] < psnr[5] - 3

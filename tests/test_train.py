@@ -56,16 +56,18 @@ def test_every_task_trains_and_evaluates(task, tmp_path):
     assert json.load(open(tmp_path / "config.json"))["data"]["task"] == task
 
 
-def test_finished_run_is_not_retrained_and_a_nan_keeps_the_last_checkpoint(tmp_path, caplog):
+def test_finished_run_is_not_retrained_eval_mode_reproduces_and_a_nan_keeps_the_last_checkpoint(tmp_path, caplog):
     config = deblur.get_config("tiny")
     train.train_and_evaluate(config, str(tmp_path))
     caplog.set_level("INFO")
     state = train.train_and_evaluate(config, str(tmp_path))
     assert int(state.step) == 3 and "Training is complete: step 3 of 3" in caplog.text
-    assert len(_eval_lines(tmp_path)) == 1
+    (line,) = _eval_lines(tmp_path)
+    result = train.evaluate_checkpoint(config, str(tmp_path))        # --mode=eval reproduces the last eval
+    assert result["psnr"] == pytest.approx(line["psnr"], abs=1e-3)
 
-    # An absurd map learning rate overflows T's parameters at step 4, so step 5's loss is NaN.
-    config.num_train_steps, config.optim.lr_map, config.checkpoint_every_steps = 6, 1e38, 4
+    # A map learning rate beyond float32 makes T's parameters non-finite at step 4.
+    config.num_train_steps, config.optim.lr_map, config.checkpoint_every_steps = 6, 1e39, 4
     with pytest.raises(FloatingPointError, match=r"non-finite (loss at step 5|parameters after step 4)"):
         train.train_and_evaluate(config, str(tmp_path))
     step, restored = _restore_latest(config, str(tmp_path))
@@ -103,13 +105,22 @@ def test_sigterm_saves_a_checkpoint_that_restores(tmp_path):
     assert step >= 2 and int(restored.step) == step
 
 
-def test_sigkill_then_rerun_finishes_the_run(tmp_path):
+def test_sigkill_then_rerun_finishes_the_run(tmp_path, caplog):
     proc = _launch(tmp_path, "--config.checkpoint_every_steps=2")
-    _wait_for(proc, "] [3] train/")
+    _wait_for(proc, "] [4] train/")          # checkpoint 2 is written, 4 may be in flight
     proc.kill()
     proc.wait()
     config = deblur.get_config("tiny")
-    config.num_train_steps = 5
+    config.num_train_steps, config.eval_every_steps = 6, 1000
+    caplog.set_level("INFO")
     state = train.train_and_evaluate(config, str(tmp_path))
-    assert int(state.step) == 5
-    assert [line["step"] for line in _eval_lines(tmp_path)] == [5]
+    assert "Resumed from" in caplog.text
+    assert int(state.step) == 6
+    assert [line["step"] for line in _eval_lines(tmp_path)] == [6]
+
+
+def test_a_missing_image_folder_is_named(tmp_path):
+    config = deblur.get_config("tiny")
+    config.data.train_dir = str(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="config.data.train_dir: image folder .*nowhere"):
+        train.train_and_evaluate(config, str(tmp_path / "run"))

@@ -393,8 +393,8 @@ DEGRADATIONS = {
 }
 
 
-def degrade(name, img, rng):
-    """Apply the registered degradation ``name`` with its defaults."""
+def degrade(name, img, rng, **params):
+    """Apply the registered degradation ``name``: its defaults, overridden by ``params``."""
     if name not in DEGRADATIONS:
         raise ValueError(f"unknown degradation {name!r}; valid names: {', '.join(DEGRADATIONS)}")
-    return DEGRADATIONS[name](img, rng)
+    return DEGRADATIONS[name](img, rng, **params)

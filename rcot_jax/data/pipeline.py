@@ -70,10 +70,15 @@ def _crop(img, size, rng, margin=0):
     return img[top:top + size + 2 * m, left:left + size + 2 * m], m
 
 
-def degrade_crop(img, size, name, rng, margin=MARGIN):
+def degradation_params(data_config):
+    """Keyword arguments the config sets for each degradation (the rest keep their defaults)."""
+    return {"blur": {"size": data_config.blur_kernel_size}}
+
+
+def degrade_crop(img, size, name, rng, params, margin=MARGIN):
     """(degraded, clean) size x size crops of `img`, the degradation applied with context around the crop."""
     big, m = _crop(img, size, rng, margin)
-    degraded = degradations.degrade(name, np.asarray(big, np.float32), rng)
+    degraded = degradations.degrade(name, np.asarray(big, np.float32), rng, **params.get(name, {}))
     return degraded[m:m + size, m:m + size], big[m:m + size, m:m + size]
 
 
@@ -87,16 +92,17 @@ def _check_sizes(images, size, key):
 class TrainSample:
     """element (a training-image index) + rng -> one training sample (see the module docstring)."""
 
-    def __init__(self, images, names, patch_size, paired_images):
+    def __init__(self, images, names, params, patch_size, paired_images):
         self.images = [img for _, img in images]
         self.names = tuple(names)
+        self.params = params
         self.patch_size = patch_size
         self.paired_images = frozenset(int(i) for i in paired_images)
 
     def __call__(self, index, rng):
         src, p = int(index), self.patch_size
         name = self.names[rng.integers(len(self.names))]
-        degraded, clean = degrade_crop(self.images[src], p, name, rng)
+        degraded, clean = degrade_crop(self.images[src], p, name, rng, self.params)
         k = rng.integers(1, 8)               # never the identity, as the official loader
         if src in self.paired_images:
             tsrc, target = src, dihedral(clean, k)
@@ -127,7 +133,7 @@ def train_dataset(config, images, process_index=0, process_count=1):
     if len(paired) < len(images) and len(images) < 2:
         raise ValueError("unpaired training needs at least two training images (a target from another image)")
     ds = (grain.MapDataset.range(len(images)).seed(config.seed).shuffle().repeat(None)
-          .random_map(TrainSample(images, names, d.patch_size, paired)))
+          .random_map(TrainSample(images, names, degradation_params(d), d.patch_size, paired)))
     ds = ds[process_index::process_count].batch(d.batch_size // process_count, drop_remainder=True)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=min(4, os.cpu_count() or 1),
                                               prefetch_buffer_size=d.prefetch))
@@ -140,14 +146,14 @@ def eval_set(config, images):
     """The fixed held-out set: `data.eval_crops` crops per image, each degraded by every training degradation.
     Returns NumPy arrays `degraded`, `target` [N, S, S, 3], `de_id` [N] and the list of degradation names."""
     d = config.data
-    names = degradation_names(d)
+    names, params = degradation_names(d), degradation_params(d)
     _check_sizes(images, d.eval_size, "eval_size")
     degraded, target, used = [], [], []
     for i, (_, img) in enumerate(images):
         for j in range(d.eval_crops):
             for k, name in enumerate(names):
                 rng = np.random.default_rng([EVAL_SEED, i, j, k])
-                x, y = degrade_crop(img, d.eval_size, name, rng)
+                x, y = degrade_crop(img, d.eval_size, name, rng, params)
                 degraded.append(x)
                 target.append(y)
                 used.append(name)
