@@ -123,9 +123,11 @@ def evaluate(evaluator, t_params, eval_data):
 
 
 def sample_grid(eval_data, restored, first, rows):
-    """uint8 image: one row per held-out crop, columns degraded | first pass | restored | target."""
+    """uint8 image: one row per held-out crop (spread over the set), columns degraded | first pass | restored |
+    target."""
     gap = 2
-    cells = [eval_data["degraded"][:rows], first[:rows], restored[:rows], eval_data["target"][:rows]]
+    pick = np.linspace(0, len(restored) - 1, rows).round().astype(int)
+    cells = [eval_data["degraded"][pick], first[pick], restored[pick], eval_data["target"][pick]]
     size = cells[0].shape[1]
     grid = np.ones((rows * (size + gap) - gap, 4 * (size + gap) - gap, 3), np.float32)
     for r in range(rows):
@@ -152,8 +154,8 @@ def _truncate_eval_log(path, step):
 
 def _restore_or_init(config, ckpt, init_rng, sharding, data_iter):
     latest = ckpt.latest_step()
-    if latest is None:
-        return jax.device_put(steps.create_train_state(config, init_rng), sharding)
+    if latest is None:    # created in place: on several processes a host value cannot be device_put globally
+        return jax.jit(lambda: steps.create_train_state(config, init_rng), out_shardings=sharding)()
     abstract = jax.eval_shape(lambda: steps.create_train_state(config, init_rng))
     state = ckpt.restore(latest, abstract_like(abstract, sharding), data_iter)
     logging.info("Resumed from %s/%d", ckpt.directory, latest)
@@ -195,7 +197,8 @@ def train_and_evaluate(config, workdir):
     if config.parallel.wrapper == "pmap" and jax.process_count() > 1:
         raise ValueError("config.parallel.wrapper='pmap' runs on one process; use 'shard_map' across processes")
     mesh, data_iter, eval_data, ckpt, state = _setup(config, workdir)
-    step_rng = jax.random.split(jax.random.key(config.seed))[1]
+    step_rng = jax.jit(lambda: jax.random.split(jax.random.key(config.seed))[1],
+                       out_shardings=NamedSharding(mesh, P()))()
     first_step = int(state.step)
     eval_log = os.path.join(workdir, "eval.jsonl")
     if is_main:

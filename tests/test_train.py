@@ -107,7 +107,7 @@ def test_sigterm_saves_a_checkpoint_that_restores(tmp_path):
 
 def test_sigkill_then_rerun_finishes_the_run(tmp_path, caplog):
     proc = _launch(tmp_path, "--config.checkpoint_every_steps=2")
-    _wait_for(proc, "] [4] train/")          # checkpoint 2 is written, 4 may be in flight
+    _wait_for(proc, "] [5] train/")          # saving 4 waited for 2 to finish; 4 may be in flight
     proc.kill()
     proc.wait()
     config = deblur.get_config("tiny")
