@@ -10,6 +10,7 @@ Re-running with the same workdir resumes from the latest checkpoint; a finished 
 """
 import json
 import os
+import pathlib
 import signal
 import time
 
@@ -149,7 +150,7 @@ def _truncate_eval_log(path, step):
         return
     with open(path) as f:
         lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    _write_atomic(path, lambda tmp: open(tmp, "w").writelines(lines))
+    _write_atomic(path, lambda tmp: pathlib.Path(tmp).write_text("".join(lines)))
 
 
 def _restore_or_init(config, ckpt, init_rng, sharding, data_iter):
@@ -193,7 +194,7 @@ def train_and_evaluate(config, workdir):
     os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
     if is_main:
         _write_atomic(os.path.join(workdir, "config.json"),
-                      lambda tmp: open(tmp, "w").write(config.to_json_best_effort(indent=2)))
+                      lambda tmp: pathlib.Path(tmp).write_text(config.to_json_best_effort(indent=2)))
     if config.parallel.wrapper == "pmap" and jax.process_count() > 1:
         raise ValueError("config.parallel.wrapper='pmap' runs on one process; use 'shard_map' across processes")
     mesh, data_iter, eval_data, ckpt, state = _setup(config, workdir)
