@@ -4,7 +4,7 @@
 rates x0.1 every 20 epochs, an epoch being 3,505 steps (GoPro: 2,103 pairs x 5 repeats at batch 3 (the DA-RCOT
 loader; RCOT's trainer lacks the flag)). `quick`: a small map that visibly restores within minutes on a 2-core
 CPU, on milder camera shake (kernels up to 7 px instead of 15): blind deblurring of the default 15 px kernels
-needs far more training than a CPU gives in minutes (the quick map plateaus about 0.6 dB above the blurred
+needs far more training than a CPU gives in minutes (the quick map plateaus about 0.7 dB above the blurred
 input). `tiny`: a few steps, for tests.
 """
 from configs import default
