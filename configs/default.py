@@ -4,7 +4,7 @@
 critic lr 1e-4, map lr 5e-5, x0.1 every 20 epochs, lambda_F 1, lambda_pair 1e4, lambda_GP 10, fully paired),
 with the paper's Fourier cost (`loss.fourier_variant='official'` reproduces the official trainer's).
 `'quick'`: a small MPRNet map and a narrow critic that visibly restore within minutes on a 2-core CPU.
-`'tiny'`: the same architecture, small enough for CPU tests.
+`'tiny'`: the same architecture, narrower, small enough for CPU tests.
 """
 import ml_collections
 
@@ -34,7 +34,7 @@ def get_config(arg=None):
 
     c.data = ml_collections.ConfigDict()
     c.data.task = "deblur"                    # see rcot_jax.data.pipeline.TASKS
-    c.data.noise_sigma = 25                   # 15 | 25 | 50, for 'denoise' (and noise inside 'allinone')
+    c.data.noise_sigma = 25                   # 15 | 25 | 50, for 'denoise' ('allinone' names levels in mix)
     c.data.mix = ("haze", "rain", "noise15", "noise25", "noise50")    # degradations 'allinone' draws from
     c.data.blur_kernel_size = 15              # camera-shake kernels span up to this many pixels
     c.data.train_dir = ""                     # a folder of clean images; '' = the embedded sample photographs
@@ -86,7 +86,6 @@ def get_config(arg=None):
         c.optim.name = "adam"
         c.optim.lr_map = 2e-3
         c.optim.decay_every_steps = 1500
-        c.log_every_steps = 100
         c.eval_every_steps = 500
         c.checkpoint_every_steps = 500
     elif arg == "tiny":

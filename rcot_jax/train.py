@@ -153,11 +153,16 @@ def _truncate_eval_log(path, step):
     _write_atomic(path, lambda tmp: pathlib.Path(tmp).write_text("".join(lines)))
 
 
-def _restore_or_init(config, ckpt, init_rng, sharding, data_iter):
+def _keys(config):
+    """(init key, step key), both derived from `config.seed`."""
+    return jax.random.split(jax.random.key(config.seed))
+
+
+def _restore_or_init(config, ckpt, sharding, data_iter):
     latest = ckpt.latest_step()
     if latest is None:    # created in place: on several processes a host value cannot be device_put globally
-        return jax.jit(lambda: steps.create_train_state(config, init_rng), out_shardings=sharding)()
-    abstract = jax.eval_shape(lambda: steps.create_train_state(config, init_rng))
+        return jax.jit(lambda: steps.create_train_state(config, _keys(config)[0]), out_shardings=sharding)()
+    abstract = jax.eval_shape(lambda: steps.create_train_state(config, _keys(config)[0]))
     state = ckpt.restore(latest, abstract_like(abstract, sharding), data_iter)
     logging.info("Resumed from %s/%d", ckpt.directory, latest)
     return state
@@ -170,8 +175,7 @@ def _setup(config, workdir):
     data_iter = iter(pipeline.train_dataset(config, train_images, jax.process_index(), jax.process_count()))
     eval_data = pipeline.eval_set(config, eval_images)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
-    init_rng = jax.random.split(jax.random.key(config.seed))[0]
-    state = _restore_or_init(config, ckpt, init_rng, NamedSharding(mesh, P()), data_iter)
+    state = _restore_or_init(config, ckpt, NamedSharding(mesh, P()), data_iter)
     return mesh, data_iter, eval_data, ckpt, state
 
 
@@ -198,8 +202,7 @@ def train_and_evaluate(config, workdir):
     if config.parallel.wrapper == "pmap" and jax.process_count() > 1:
         raise ValueError("config.parallel.wrapper='pmap' runs on one process; use 'shard_map' across processes")
     mesh, data_iter, eval_data, ckpt, state = _setup(config, workdir)
-    step_rng = jax.jit(lambda: jax.random.split(jax.random.key(config.seed))[1],
-                       out_shardings=NamedSharding(mesh, P()))()
+    step_rng = jax.jit(lambda: _keys(config)[1], out_shardings=NamedSharding(mesh, P()))()
     first_step = int(state.step)
     eval_log = os.path.join(workdir, "eval.jsonl")
     if is_main:

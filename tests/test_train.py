@@ -75,6 +75,13 @@ def test_finished_run_is_not_retrained_eval_mode_reproduces_and_a_nan_keeps_the_
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored.t_params))
 
 
+def test_a_non_finite_loss_is_reported_with_its_step_and_name():
+    history = [(4, {"transport_loss": 1.0, "psnr": 20.0}), (5, {"transport_loss": float("nan"), "psnr": 20.0})]
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 5: transport_loss=nan;"):
+        train._check_finite(history)
+    train._check_finite(history[:1])
+
+
 def _launch(workdir, *overrides):
     return subprocess.Popen(
         [sys.executable, "-m", "rcot_jax.main", "--config=configs/deblur.py:tiny", f"--workdir={workdir}",
