@@ -31,6 +31,11 @@ def get_config(arg=None):
                              ffn_expansion_factor=2.66)
     c.model.mprnet = dict(n_feat=80, scale_unetfeats=48, reduction=4)
     c.model.critic_width = 64                 # channels of the critic's first convolution (official: 64)
+    c.model.remat = "full"                    # 'none' | 'full' | 'dots': recompute transformer blocks / CABs in
+                                              # the backward pass: the paper's settings need 22 GB of XLA
+                                              # buffers without it, 2.8 GB with it (same update, ~1/3 more compute)
+    c.model.critic_fc_features = 0            # width of the critic's `fc`; 0: patch_size**2 / 8 (Net_Restormer),
+                                              # 2048: the MPRNet file's critic (Net.py, patch 256)
 
     c.data = ml_collections.ConfigDict()
     c.data.task = "deblur"                    # see rcot_jax.data.pipeline.TASKS
@@ -64,7 +69,11 @@ def get_config(arg=None):
     c.optim.lr_critic = 1e-4
     c.optim.lr_map = 5e-5
     c.optim.decay_factor = 0.1
+    c.optim.accumulate_steps = 1              # k > 1: each update sums k sequential micro-batches (less memory)
     set_epochs(c, _OFFICIAL_STEPS_PER_EPOCH)
+
+    c.precision = "float32"                   # 'float32' | 'bf16': convolutions and matmuls in bfloat16,
+                                              # parameters, optimiser states, FFT and reductions in float32
 
     c.parallel = ml_collections.ConfigDict()
     c.parallel.wrapper = "shard_map"          # 'shard_map' | 'pmap'
@@ -75,6 +84,8 @@ def get_config(arg=None):
     c.keep_checkpoints = 3
     c.num_sample_images = 4                   # rows of the sample grid written at every evaluation
 
+    if arg in ("quick", "tiny"):
+        c.model.remat = "none"                # small enough to keep every activation
     if arg == "quick":
         c.num_train_steps = 2000
         c.model.backbone = "mprnet"           # on a CPU, far faster per pixel than the Restormer map

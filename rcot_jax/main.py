@@ -1,13 +1,15 @@
 """Train or evaluate RCOT: `python -m rcot_jax.main --config=configs/deblur.py:quick --workdir=DIR`.
 
-Config overrides: `--config.optim.lr_map=1e-4`, `--config.data.noise_sigma=50`, ... On a TPU pod run the same
-command on every host; on a GPU cluster add --coordinator_address, --num_processes and --process_id.
+Config overrides: `--config.optim.lr_map=1e-4`, `--config.data.noise_sigma=50`, ... On a TPU pod (or a SLURM or
+Open MPI job) run the same command on every host; elsewhere add --coordinator_address, --num_processes and
+--process_id.
 """
 import logging as std_logging
 import os
 
 import jax
 from absl import app, flags, logging
+from jax._src import clusters
 from ml_collections import config_flags
 
 from rcot_jax import train
@@ -25,13 +27,23 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _maybe_initialize_distributed():
-    """Multi-process runs connect before anything touches the devices: with explicit flags, or on a TPU pod
-    slice with several hosts (JAX reads the topology from the TPU VM's environment)."""
+    """Multi-process runs connect before anything touches the devices: with explicit flags, or wherever JAX's
+    own cluster detection finds several processes (a TPU pod slice or multislice, SLURM, Open MPI, an indexed
+    Kubernetes job); `jax.distributed.initialize()` then reads the topology itself."""
     if FLAGS.coordinator_address or FLAGS.num_processes:
         jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                    num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-    elif len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1:
+    elif _detected_process_count() > 1:
         jax.distributed.initialize()
+
+
+def _detected_process_count():
+    """Processes of the cluster that `jax.distributed.initialize()` would detect (its candidates, in its order), 1
+    outside any. A lone process (a one-host TPU VM, one SLURM task) stays out of the distributed system, which would
+    only add a coordinator and its port. Reads environment variables and the TPU VM's metadata, not the devices."""
+    env = next((env for env in clusters.ClusterEnv._cluster_types  # JAX has no public detection API
+                if not env.opt_in_only_method and env.is_env_present()), None)
+    return env.get_process_count() if env else 1
 
 
 class _QuietCheckpointing(std_logging.Filter):

@@ -15,19 +15,26 @@ from rcot_jax.ids import fourier_exponent
 from rcot_jax.state import RCOTState
 
 BACKBONES = ("restormer", "mprnet")
+PRECISIONS = {"float32": None, "bf16": jnp.bfloat16}   # computation dtype of both networks (None: the input's)
 
 
 def build_models(config):
     """(T, F) flax modules from `config.model` and `config.data.patch_size`."""
     m = config.model
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"config.precision={config.precision!r}, expected one of {tuple(PRECISIONS)}")
+    common = dict(two_pass=m.two_pass, cond_scale=m.cond_scale, dtype=PRECISIONS[config.precision],
+                  remat=m.remat)
     if m.backbone == "restormer":
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in m.restormer.items()}
-        t_model = models.RestormerRCOT(**kwargs, two_pass=m.two_pass, cond_scale=m.cond_scale)
+        t_model = models.RestormerRCOT(**kwargs, **common)
     elif m.backbone == "mprnet":
-        t_model = models.MPRNetRCOT(**m.mprnet, two_pass=m.two_pass, cond_scale=m.cond_scale)
+        t_model = models.MPRNetRCOT(**m.mprnet, **common)
     else:
         raise ValueError(f"config.model.backbone={m.backbone!r}, expected one of {BACKBONES}")
-    return t_model, models.Critic(patch_size=config.data.patch_size, width=config.model.critic_width)
+    f_model = models.Critic(patch_size=config.data.patch_size, width=m.critic_width,
+                            fc_features=m.critic_fc_features or None, dtype=PRECISIONS[config.precision])
+    return t_model, f_model
 
 
 def create_train_state(config, rng):
@@ -61,13 +68,43 @@ def _per_sample_uniform(key, local_batch, axis_name):
                                     lax.axis_index(axis_name) * local_batch, local_batch)
 
 
+def _split(data, k):
+    return jax.tree.map(lambda a: a.reshape(k, a.shape[0] // k, *a.shape[1:]), data)
+
+
+def _accumulate(fn, data, k):
+    """Sum of fn(micro-batch) (a pytree) over the k micro-batches that split `data` along its leading axis.
+
+    One micro-batch at a time (`lax.scan`), so only its activations are live; the sum is carried in at least
+    float32.
+    """
+    micro = _split(data, k)
+    shapes = jax.eval_shape(fn, jax.tree.map(lambda a: a[0], micro))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.promote_types(s.dtype, jnp.float32)), shapes)
+
+    def add(total, d):
+        return jax.tree.map(lambda t, v: t + v.astype(t.dtype), total, fn(d)), None
+
+    total, _ = lax.scan(add, zeros, micro)
+    return jax.tree.map(lambda t, s: t.astype(s.dtype), total, shapes)
+
+
 def train_step(state: RCOTState, batch, rng, config, axis_name=None):
     """One RCOT step on this device's slice of the batch. `rng` may be the same key every step: it is
-    folded with `state.step`. Returns (new state, metrics), metrics being global over `axis_name`."""
+    folded with `state.step`. Returns (new state, metrics), metrics being global over `axis_name`.
+
+    `config.optim.accumulate_steps` = k > 1 splits the slice into k micro-batches: every optimiser step sums
+    their gradients (shares, see losses.py), so it is the same update in less memory.
+    """
     t_model, f_model = build_models(config)
     t_opt, f_opt = optim.make_optimizers(config)
     lc = config.loss
+    k = config.optim.accumulate_steps
     x, y = batch["degraded"], batch["target"]
+    if k < 1 or x.shape[0] % k:
+        raise ValueError(f"config.optim.accumulate_steps={k} does not divide the {x.shape[0]} samples per "
+                         f"device (config.data.batch_size / devices) into equal micro-batches")
+    micro = None if k == 1 else losses.MicroBatches(k)
     paired = batch["paired"].astype(bool)
     p = fourier_exponent(batch["de_id"])
     rng = jax.random.fold_in(rng, state.step)
@@ -75,51 +112,66 @@ def train_step(state: RCOTState, batch, rng, config, axis_name=None):
     def potential(f_params):
         return lambda images: f_model.apply(f_params, images)
 
-    def f_update(f_params, f_opt_state, loss_fn):
-        """One critic optimiser step on loss_fn(f_params) -> (loss, logged values)."""
-        (_, logged), grads = jax.value_and_grad(loss_fn, has_aux=True)(f_params)
+    def value_and_grad(loss_fn, params, data):
+        """((loss, logged), grads) of loss_fn(params, data), summed over the micro-batches."""
+        vg = lambda d: jax.value_and_grad(loss_fn, has_aux=True)(params, d)  # noqa: E731
+        return vg(data) if k == 1 else _accumulate(vg, data, k)
+
+    def f_update(f_params, f_opt_state, loss_fn, data):
+        """One critic optimiser step on loss_fn(f_params, data) -> (loss, logged values)."""
+        (_, logged), grads = value_and_grad(loss_fn, f_params, data)
         updates, f_opt_state = f_opt.update(_psum(grads, axis_name), f_opt_state, f_params)
         return optax.apply_updates(f_params, updates), f_opt_state, logged
 
-    # Critic: T is held fixed.
-    restored = lax.stop_gradient(t_model.apply(state.t_params, x))
+    # Critic: T is held fixed, so T(x) is computed once (a micro-batch at a time).
+    def t_forward(images):
+        return lax.stop_gradient(t_model.apply(state.t_params, images))
+
+    restored = t_forward(x) if k == 1 else lax.map(t_forward, _split(x, k)).reshape(x.shape)
     f_params, f_opt_state = state.f_params, state.f_opt_state
     for i in range(config.critic.n_critic):
         alpha = _per_sample_uniform(jax.random.fold_in(rng, i), x.shape[0], axis_name)
+        data = {"restored": restored, "target": y, "alpha": alpha}
 
-        def w_loss(fp):
-            return losses.critic_loss(potential(fp), restored, y, axis_name)
+        def w_loss(fp, d):
+            return losses.critic_loss(potential(fp), d["restored"], d["target"], axis_name, micro)
 
-        def gp_loss(fp):
-            return losses.gradient_penalty(potential(fp), restored, y, alpha, lc.lambda_gp, axis_name)
+        def gp_loss(fp, d):
+            return losses.gradient_penalty(potential(fp), d["restored"], d["target"], d["alpha"], lc.lambda_gp,
+                                           axis_name, micro)
 
         if config.critic.gp_update == "separate":
-            f_params, f_opt_state, critic = f_update(f_params, f_opt_state, lambda fp: (w_loss(fp),) * 2)
-            f_params, f_opt_state, gp = f_update(f_params, f_opt_state, lambda fp: (gp_loss(fp),) * 2)
+            f_params, f_opt_state, critic = f_update(f_params, f_opt_state, lambda fp, d: (w_loss(fp, d),) * 2, data)
+            f_params, f_opt_state, gp = f_update(f_params, f_opt_state, lambda fp, d: (gp_loss(fp, d),) * 2, data)
         else:
-            def joint(fp):
-                w, g = w_loss(fp), gp_loss(fp)
+            def joint(fp, d):
+                w, g = w_loss(fp, d), gp_loss(fp, d)
                 return w + g, (w, g)
-            f_params, f_opt_state, (critic, gp) = f_update(f_params, f_opt_state, joint)
+            f_params, f_opt_state, (critic, gp) = f_update(f_params, f_opt_state, joint, data)
 
-    # Map: the updated critic is held fixed (only T's parameters are differentiated).
-    def t_loss(t_params):
-        out = t_model.apply(t_params, x)
+    # Map: the updated critic is held fixed (only T's parameters are differentiated). The RMSE needs the
+    # whole slice's sum of squared residuals before any micro-batch's gradient; T(x) above gives it.
+    if k > 1:
+        micro = micro._replace(residual_ss=jnp.sum((x - restored) ** 2), n_paired=jnp.sum(paired.astype(jnp.float32)))
+
+    def t_loss(t_params, d):
+        out = t_model.apply(t_params, d["degraded"])
         loss, terms = losses.transport_loss(
-            potential(f_params), x, out, y, paired, p, lambda_f=lc.lambda_f, lambda_pair=lc.lambda_pair,
-            variant=lc.fourier_variant, axis_name=axis_name)
-        return loss, (terms, out)
+            potential(f_params), d["degraded"], out, d["target"], d["paired"], d["p"], lambda_f=lc.lambda_f,
+            lambda_pair=lc.lambda_pair, variant=lc.fourier_variant, axis_name=axis_name, micro=micro)
+        terms["l1"] = losses.batch_mean(jnp.abs(out - d["target"]).mean(axis=(1, 2, 3)), axis_name, micro)
+        terms["psnr"] = losses.psnr(out, d["target"], axis_name, micro)
+        return loss, terms
 
-    (t_value, (terms, out)), t_grads = jax.value_and_grad(t_loss, has_aux=True)(state.t_params)
+    data = {"degraded": x, "target": y, "paired": paired, "p": p}
+    (t_value, terms), t_grads = value_and_grad(t_loss, state.t_params, data)
     updates, t_opt_state = t_opt.update(_psum(t_grads, axis_name), state.t_opt_state, state.t_params)
     t_params = optax.apply_updates(state.t_params, updates)
 
     metrics = {
         "critic_loss": critic, "gradient_penalty": gp, "wasserstein": -critic,
         "transport_loss": t_value, "cost": terms["cost"], "fourier": terms["fourier"], "rmse": terms["rmse"],
-        "paired_l1": terms["paired_l1"],
-        "l1": losses.batch_mean(jnp.abs(out - y).mean(axis=(1, 2, 3)), axis_name),
-        "psnr": losses.psnr(out, y, axis_name),
+        "paired_l1": terms["paired_l1"], "l1": terms["l1"], "psnr": terms["psnr"],
     }
     new_state = RCOTState(step=state.step + 1, t_params=t_params, f_params=f_params,
                           t_opt_state=t_opt_state, f_opt_state=f_opt_state)

@@ -120,8 +120,9 @@ def test_processes_split_the_global_batch():
     parts = [_batches(c, 1, process_index=i, process_count=2)[0] for i in range(2)]
     for i, part in enumerate(parts):
         assert part["degraded"].shape[0] == c.data.batch_size // 2
-        for k in whole:
-            np.testing.assert_array_equal(part[k], whole[k][i::2], err_msg=k)
+    # The shares, concatenated in process order (as the global array is built), are the one-process batch.
+    for k in whole:
+        np.testing.assert_array_equal(np.concatenate([part[k] for part in parts]), whole[k], err_msg=k)
     with pytest.raises(ValueError, match="batch_size=8 is not divisible by the 3 processes"):
         _batches(c, 1, process_index=0, process_count=3)
 

@@ -134,7 +134,9 @@ def train_dataset(config, images, process_index=0, process_count=1):
         raise ValueError("unpaired training needs at least two training images (a target from another image)")
     ds = (grain.MapDataset.range(len(images)).seed(config.seed).shuffle().repeat(None)
           .random_map(TrainSample(images, names, degradation_params(d), d.patch_size, paired)))
-    ds = ds[process_index::process_count].batch(d.batch_size // process_count, drop_remainder=True)
+    # Process p takes the p-th contiguous share of each global batch, so the global batch (shares concatenated
+    # in process order) holds the same samples in the same order as on one process.
+    ds = ds.batch(d.batch_size // process_count, drop_remainder=True)[process_index::process_count]
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=min(4, os.cpu_count() or 1),
                                               prefetch_buffer_size=d.prefetch))
     if d.num_workers:

@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rcot_jax.models import conv
+
 
 def torch_default_init(fan_in: int) -> Callable:
     """PyTorch's default for Conv2d/Linear weights and biases: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in))."""
@@ -43,35 +45,31 @@ class Conv2d(nn.Module):
         kernel = self.param("kernel", self.kernel_init or torch_default_init(fan_in),
                             (k, k, in_features // self.groups, self.features))
         padding = ((pad, pad), (pad, pad))
+        kernel = kernel.astype(x.dtype)      # mixed precision: the computation follows the activations' dtype
         if self.groups == in_features == self.features and self.stride == 1:
-            y = _depthwise_conv(x, kernel, padding)
+            y = conv.depthwise_conv2d(x, kernel, padding)
+        elif self.groups != 1:    # not used by the RCOT networks; XLA's own gradients
+            y = jax.lax.conv_general_dilated(x, kernel, (self.stride,) * 2, padding, feature_group_count=self.groups,
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        elif k == 1 and self.stride == 1 and pad == 0:
+            y = conv.pointwise_conv(x, kernel)
         else:
-            y = jax.lax.conv_general_dilated(
-                x, kernel, window_strides=(self.stride, self.stride), padding=padding,
-                dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
+            y = conv.conv2d(x, kernel, self.stride, padding)
         if self.use_bias:
-            y = y + self.param("bias", torch_default_init(fan_in), (self.features,))
+            y = y + self.param("bias", torch_default_init(fan_in), (self.features,)).astype(x.dtype)
         return y
 
 
-def _depthwise_conv(x, kernel, padding):
-    """Stride-1 depthwise cross-correlation as a sum of k*k shifted products: the same arithmetic as a grouped
-    convolution, which XLA:CPU runs 5-30x slower (forward and backward) than this fused elementwise form."""
-    kh, kw = kernel.shape[:2]
-    h, w = x.shape[1] + sum(padding[0]) - kh + 1, x.shape[2] + sum(padding[1]) - kw + 1
-    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-    return sum(xp[:, i:i + h, j:j + w, :] * kernel[i, j, 0] for i in range(kh) for j in range(kw))
-
-
 class Linear(nn.Module):
-    """`torch.nn.Linear` with PyTorch's default initialisation."""
+    """`torch.nn.Linear` with PyTorch's default initialisation; computes in x's dtype, accumulates in float32."""
     features: int
 
     @nn.compact
     def __call__(self, x):
         init = torch_default_init(x.shape[-1])
-        kernel = self.param("kernel", init, (x.shape[-1], self.features))
-        return x @ kernel + self.param("bias", init, (self.features,))
+        kernel = self.param("kernel", init, (x.shape[-1], self.features)).astype(x.dtype)
+        y = jnp.matmul(x, kernel, preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
+        return (y + self.param("bias", init, (self.features,))).astype(x.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -80,10 +78,34 @@ class LayerNorm(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = x.shape[-1]
-        mu = x.mean(-1, keepdims=True)
-        var = ((x - mu) ** 2).mean(-1, keepdims=True)
-        y = (x - mu) / jnp.sqrt(var + 1e-5)
-        return y * self.param("scale", nn.initializers.ones, (c,)) + self.param("bias", nn.initializers.zeros, (c,))
+        x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))     # statistics in float32 under bf16
+        mu = x32.mean(-1, keepdims=True)
+        var = ((x32 - mu) ** 2).mean(-1, keepdims=True)
+        y = (x32 - mu) / jnp.sqrt(var + 1e-5)
+        y = y * self.param("scale", nn.initializers.ones, (c,)) + self.param("bias", nn.initializers.zeros, (c,))
+        return y.astype(x.dtype)
+
+
+def cast(x, dtype):
+    """x in the computation dtype `dtype` (None: unchanged)."""
+    return x if dtype is None else x.astype(dtype)
+
+
+REMAT_POLICIES = {
+    "none": None,                                                       # keep every activation
+    "full": jax.checkpoint_policies.nothing_saveable,                   # recompute each block in backward
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,   # keep matmul outputs only
+}
+
+
+def remat(module_class, policy: str):
+    """`module_class`, rematerialised under `policy` (a key of REMAT_POLICIES): its activations are recomputed
+    in the backward pass instead of being kept, trading compute for memory. Parameters are unchanged."""
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"config.model.remat={policy!r}, expected one of {tuple(REMAT_POLICIES)}")
+    if policy == "none":
+        return module_class
+    return nn.remat(module_class, policy=REMAT_POLICIES[policy])
 
 
 def pixel_unshuffle(x, r: int = 2):

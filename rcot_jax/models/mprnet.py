@@ -4,15 +4,17 @@ Names follow the official `Net.T_net`. SAM keeps only its image branch (`conv2`)
 discards SAM's feature output, so `conv1`/`conv3` never affect T(x). The residual encoder's CSFF convs, which
 the official code constructs but never calls, are left out.
 """
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rcot_jax.models.layers import Conv2d, bilinear_downsample_x2, bilinear_upsample_x2
+from rcot_jax.models.layers import Conv2d, bilinear_downsample_x2, bilinear_upsample_x2, cast, remat
 
 
 def prelu(x, slope):
-    return jnp.where(x >= 0, x, slope * x)
+    return jnp.where(x >= 0, x, slope.astype(x.dtype) * x)
 
 
 class CALayer(nn.Module):
@@ -22,7 +24,7 @@ class CALayer(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = x.shape[-1]
-        y = x.mean(axis=(1, 2), keepdims=True)
+        y = x.mean(axis=(1, 2), keepdims=True, dtype=jnp.promote_types(x.dtype, jnp.float32)).astype(x.dtype)
         y = nn.relu(Conv2d(c // self.reduction, 1, name="conv_du_0")(y))
         return x * jax.nn.sigmoid(Conv2d(c, 1, name="conv_du_2")(y))
 
@@ -42,11 +44,13 @@ class CAB(nn.Module):
 class CABs(nn.Module):
     num_blocks: int
     reduction: int
+    remat: str = "none"
 
     @nn.compact
     def __call__(self, x, slope):
+        block = remat(CAB, self.remat)
         for i in range(self.num_blocks):
-            x = CAB(self.reduction, name=str(i))(x, slope)
+            x = block(self.reduction, name=str(i))(x, slope)
         return x
 
 
@@ -54,15 +58,16 @@ class Encoder(nn.Module):
     """Three scales of 2 CABs; bilinear x0.5 then 1x1 conv adding `scale_unetfeats` channels between scales."""
     scale_unetfeats: int
     reduction: int
+    remat: str = "none"
 
     @nn.compact
     def __call__(self, x, slope):
         s, r = self.scale_unetfeats, self.reduction
-        enc1 = CABs(2, r, name="encoder_level1")(x, slope)
+        enc1 = CABs(2, r, self.remat, name="encoder_level1")(x, slope)
         x = Conv2d(enc1.shape[-1] + s, 1, name="down12")(bilinear_downsample_x2(enc1))
-        enc2 = CABs(2, r, name="encoder_level2")(x, slope)
+        enc2 = CABs(2, r, self.remat, name="encoder_level2")(x, slope)
         x = Conv2d(enc2.shape[-1] + s, 1, name="down23")(bilinear_downsample_x2(enc2))
-        enc3 = CABs(2, r, name="encoder_level3")(x, slope)
+        enc3 = CABs(2, r, self.remat, name="encoder_level3")(x, slope)
         return enc1, enc2, enc3
 
 
@@ -70,18 +75,20 @@ class Decoder(nn.Module):
     """Mirror of the encoder; skips pass through a CAB and are added after bilinear x2 + 1x1 conv."""
     scale_unetfeats: int
     reduction: int
+    remat: str = "none"
 
     @nn.compact
     def __call__(self, feats, slope):
         enc1, enc2, enc3 = feats
         r = self.reduction
-        dec3 = CABs(2, r, name="decoder_level3")(enc3, slope)
+        cab = remat(CAB, self.remat)
+        dec3 = CABs(2, r, self.remat, name="decoder_level3")(enc3, slope)
         x = Conv2d(enc2.shape[-1], 1, name="up32")(bilinear_upsample_x2(dec3))
-        x = x + CAB(r, name="skip_attn2")(enc2, slope)
-        dec2 = CABs(2, r, name="decoder_level2")(x, slope)
+        x = x + cab(r, name="skip_attn2")(enc2, slope)
+        dec2 = CABs(2, r, self.remat, name="decoder_level2")(x, slope)
         x = Conv2d(enc1.shape[-1], 1, name="up21")(bilinear_upsample_x2(dec2))
-        x = x + CAB(r, name="skip_attn1")(enc1, slope)
-        return CABs(2, r, name="decoder_level1")(x, slope)
+        x = x + cab(r, name="skip_attn1")(enc1, slope)
+        return CABs(2, r, self.remat, name="decoder_level1")(x, slope)
 
 
 class MPRNetRCOT(nn.Module):
@@ -90,12 +97,16 @@ class MPRNetRCOT(nn.Module):
     (as in the official code, the scale multiplies the image features) at all three scales.
 
     Input NHWC with H and W divisible by 4. One PReLU slope is shared by every CAB, as in the official code.
+    `dtype` is the computation dtype (bfloat16: mixed precision; parameters and outputs stay float32); `remat`
+    a rematerialisation policy for the CABs (`layers.REMAT_POLICIES`).
     """
     n_feat: int = 80
     scale_unetfeats: int = 48
     reduction: int = 4
     two_pass: bool = True
     cond_scale: float = 0.8
+    dtype: Any = None                 # computation dtype; None: the input's
+    remat: str = "none"
 
     @nn.compact
     def __call__(self, deg_img, return_first_pass: bool = False):
@@ -104,18 +115,19 @@ class MPRNetRCOT(nn.Module):
             raise ValueError(f"MPRNetRCOT: input size {h}x{w} must be divisible by 4")
         n, s, r = self.n_feat, self.scale_unetfeats, self.reduction
         slope = self.param("prelu", nn.initializers.constant(0.25), ())
-        decoder = Decoder(s, r, name="stage1_decoder")
+        decoder = Decoder(s, r, self.remat, name="stage1_decoder")
         sam_conv2 = Conv2d(deg_img.shape[-1], 1, name="sam12_conv2")
+        cab = remat(CAB, self.remat)
 
-        fea = CAB(r, name="shallow_feat1_1")(Conv2d(n, 3, name="shallow_feat1_0")(deg_img), slope)
-        enc = Encoder(s, r, name="stage1_encoder")(fea, slope)
-        first = sam_conv2(decoder(enc, slope)) + deg_img
+        fea = cab(r, name="shallow_feat1_1")(Conv2d(n, 3, name="shallow_feat1_0")(cast(deg_img, self.dtype)), slope)
+        enc = Encoder(s, r, self.remat, name="stage1_encoder")(fea, slope)
+        first = sam_conv2(decoder(enc, slope)) + deg_img        # in deg_img's dtype (float32)
         if not self.two_pass:
             return (first, first) if return_first_pass else first
 
-        res = deg_img - first
-        fea = CAB(r, name="res_shallow_feat1_1")(Conv2d(n, 3, name="res_shallow_feat1_0")(res), slope)
-        res_embedding = Encoder(s, r, name="stage1_resencoder")(fea, slope)
+        res = cast(deg_img - first, self.dtype)
+        fea = cab(r, name="res_shallow_feat1_1")(Conv2d(n, 3, name="res_shallow_feat1_0")(res), slope)
+        res_embedding = Encoder(s, r, self.remat, name="stage1_resencoder")(fea, slope)
         fused = tuple(e + self.cond_scale * f for e, f in zip(res_embedding, enc))
         out = sam_conv2(decoder(fused, slope)) + deg_img
         return (out, first) if return_first_pass else out

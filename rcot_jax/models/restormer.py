@@ -4,13 +4,13 @@ Names follow the official `Net_Restormer.T_net` so a reader can hold both side b
 leftovers that its forward pass never uses are left out, and the latent stack, which the official forward
 evaluates twice on the same input, is evaluated once (identical value).
 """
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rcot_jax.models.layers import Conv2d, LayerNorm, pixel_shuffle, pixel_unshuffle
+from rcot_jax.models.layers import Conv2d, LayerNorm, cast, pixel_shuffle, pixel_unshuffle, remat
 
 
 class MDTA(nn.Module):
@@ -28,13 +28,17 @@ class MDTA(nn.Module):
         q, k, v = (t.reshape(b, h * w, self.num_heads, c // self.num_heads).transpose(0, 2, 3, 1)
                    for t in jnp.split(qkv, 3, axis=-1))
 
+        acc = jnp.promote_types(x.dtype, jnp.float32)   # norms, logits and softmax in float32 under bf16
+
         def l2_normalize(t):  # torch.nn.functional.normalize(dim=-1)
-            return t / jnp.maximum(jnp.linalg.norm(t, axis=-1, keepdims=True), 1e-12)
+            t = t.astype(acc)
+            return (t / jnp.maximum(jnp.linalg.norm(t, axis=-1, keepdims=True), 1e-12)).astype(x.dtype)
 
         temperature = self.param("temperature", nn.initializers.ones, (self.num_heads, 1, 1))
-        attn = jax.nn.softmax(l2_normalize(q) @ l2_normalize(k).swapaxes(-1, -2) * temperature, axis=-1)
-        out = (attn @ v).transpose(0, 3, 1, 2).reshape(b, h, w, c)
-        return Conv2d(c, 1, name="project_out")(out)
+        logits = jnp.matmul(l2_normalize(q), l2_normalize(k).swapaxes(-1, -2), preferred_element_type=acc)
+        attn = jax.nn.softmax(logits * temperature, axis=-1).astype(x.dtype)
+        out = jnp.matmul(attn, v, preferred_element_type=acc).astype(x.dtype)
+        return Conv2d(c, 1, name="project_out")(out.transpose(0, 3, 1, 2).reshape(b, h, w, c))
 
 
 class GDFN(nn.Module):
@@ -65,11 +69,13 @@ class Blocks(nn.Module):
     num_blocks: int
     num_heads: int
     ffn_expansion_factor: float
+    remat: str = "none"
 
     @nn.compact
     def __call__(self, x):
+        block = remat(TransformerBlock, self.remat)
         for i in range(self.num_blocks):
-            x = TransformerBlock(self.num_heads, self.ffn_expansion_factor, name=str(i))(x)
+            x = block(self.num_heads, self.ffn_expansion_factor, name=str(i))(x)
         return x
 
 
@@ -99,34 +105,42 @@ class Decoder(nn.Module):
     num_refinement_blocks: int
     heads: Sequence[int]
     ffn_expansion_factor: float
+    remat: str = "none"
 
     @nn.compact
     def __call__(self, latent, skips, inp_img):
         d, nb, hd, ffn = self.dim, self.num_blocks, self.heads, self.ffn_expansion_factor
+        block = remat(TransformerBlock, self.remat)
+
+        def blocks(n, heads, name):
+            return Blocks(n, heads, ffn, self.remat, name=name)
+
         out_enc_level1, out_enc_level2, out_enc_level3 = skips
-        latent = TransformerBlock(hd[2], ffn, name="noise_level3")(latent)                  # 8d
+        latent = block(hd[2], ffn, name="noise_level3")(latent)                             # 8d
         latent = Conv2d(4 * d, 1, name="reduce_noise_level3")(latent)                       # 8d -> 4d
         x = jnp.concatenate([Upsample(name="up4_3")(latent), out_enc_level3], axis=-1)      # 2d + 4d
         x = Conv2d(4 * d, 1, name="reduce_chan_level3")(x)
-        x = Blocks(nb[2], hd[2], ffn, name="decoder_level3")(x)
-        x = TransformerBlock(hd[2], ffn, name="noise_level2")(x)                            # 4d
+        x = blocks(nb[2], hd[2], "decoder_level3")(x)
+        x = block(hd[2], ffn, name="noise_level2")(x)                                       # 4d
         x = Conv2d(4 * d, 1, name="reduce_noise_level2")(x)
         x = jnp.concatenate([Upsample(name="up3_2")(x), out_enc_level2], axis=-1)           # 2d + 2d
         x = Conv2d(2 * d, 1, name="reduce_chan_level2")(x)
-        x = Blocks(nb[1], hd[1], ffn, name="decoder_level2")(x)
-        x = TransformerBlock(hd[2], ffn, name="noise_level1")(x)                            # 2d
+        x = blocks(nb[1], hd[1], "decoder_level2")(x)
+        x = block(hd[2], ffn, name="noise_level1")(x)                                       # 2d
         x = Conv2d(2 * d, 1, name="reduce_noise_level1")(x)
         x = jnp.concatenate([Upsample(name="up2_1")(x), out_enc_level1], axis=-1)           # d + d
-        x = Blocks(nb[0], hd[0], ffn, name="decoder_level1")(x)
-        x = Blocks(self.num_refinement_blocks, hd[0], ffn, name="refinement")(x)
-        return Conv2d(inp_img.shape[-1], 3, name="output")(x) + inp_img
+        x = blocks(nb[0], hd[0], "decoder_level1")(x)
+        x = blocks(self.num_refinement_blocks, hd[0], "refinement")(x)
+        return Conv2d(inp_img.shape[-1], 3, name="output")(x) + inp_img     # in inp_img's dtype (float32)
 
 
 class RestormerRCOT(nn.Module):
     """T(x): base pass, residual r = x - first output, residual embedding e, second pass with latent + s * e.
 
     Input NHWC with H and W divisible by 8. `two_pass=False` is the single-pass backbone (the ablation
-    baseline). `__call__(x, return_first_pass=True)` also returns the first-pass output.
+    baseline). `__call__(x, return_first_pass=True)` also returns the first-pass output. `dtype` is the
+    computation dtype (bfloat16: mixed precision; parameters stay float32, outputs are float32); `remat` a
+    rematerialisation policy for the transformer blocks (`layers.REMAT_POLICIES`).
     """
     dim: int = 48
     num_blocks: Sequence[int] = (4, 6, 6, 8)
@@ -135,6 +149,8 @@ class RestormerRCOT(nn.Module):
     ffn_expansion_factor: float = 2.66
     two_pass: bool = True
     cond_scale: float = 0.8
+    dtype: Any = None                 # computation dtype; None: the input's
+    remat: str = "none"
 
     @nn.compact
     def __call__(self, inp_img, return_first_pass: bool = False):
@@ -142,14 +158,18 @@ class RestormerRCOT(nn.Module):
         if h % 8 or w % 8:
             raise ValueError(f"RestormerRCOT: input size {h}x{w} must be divisible by 8")
         d, nb, hd, ffn = self.dim, self.num_blocks, self.heads, self.ffn_expansion_factor
+
+        def blocks(n, heads, name):
+            return Blocks(n, heads, ffn, self.remat, name=name)
+
         patch_embed = Conv2d(d, 3, name="patch_embed")
         down3_4 = Downsample(name="down3_4")
-        latent_blocks = Blocks(nb[3], hd[3], ffn, name="latent")
-        decoder = Decoder(d, nb, self.num_refinement_blocks, hd, ffn, name="decoder")
+        latent_blocks = blocks(nb[3], hd[3], "latent")
+        decoder = Decoder(d, nb, self.num_refinement_blocks, hd, ffn, self.remat, name="decoder")
 
-        out_enc_level1 = Blocks(nb[0], hd[0], ffn, name="encoder_level1")(patch_embed(inp_img))
-        out_enc_level2 = Blocks(nb[1], hd[1], ffn, name="encoder_level2")(Downsample(name="down1_2")(out_enc_level1))
-        out_enc_level3 = Blocks(nb[2], hd[2], ffn, name="encoder_level3")(Downsample(name="down2_3")(out_enc_level2))
+        out_enc_level1 = blocks(nb[0], hd[0], "encoder_level1")(patch_embed(cast(inp_img, self.dtype)))
+        out_enc_level2 = blocks(nb[1], hd[1], "encoder_level2")(Downsample(name="down1_2")(out_enc_level1))
+        out_enc_level3 = blocks(nb[2], hd[2], "encoder_level3")(Downsample(name="down2_3")(out_enc_level2))
         latent = latent_blocks(down3_4(out_enc_level3))
         skips = (out_enc_level1, out_enc_level2, out_enc_level3)
         first = decoder(latent, skips, inp_img)
@@ -157,10 +177,10 @@ class RestormerRCOT(nn.Module):
             return (first, first) if return_first_pass else first
 
         # Residual encoder; it shares `patch_embed` and `down3_4` with the image path, as the official code does.
-        res = inp_img - first
-        r = Blocks(nb[0], hd[0], ffn, name="resencoder_level1")(patch_embed(res))
-        r = Blocks(nb[1], hd[1], ffn, name="resencoder_level2")(Downsample(name="resdown1_2")(r))
-        r = Blocks(nb[2], hd[2], ffn, name="resencoder_level3")(Downsample(name="resdown2_3")(r))
-        reslatent = Blocks(nb[3], hd[3], ffn, name="reslatent")(down3_4(r))
+        res = cast(inp_img - first, self.dtype)
+        r = blocks(nb[0], hd[0], "resencoder_level1")(patch_embed(res))
+        r = blocks(nb[1], hd[1], "resencoder_level2")(Downsample(name="resdown1_2")(r))
+        r = blocks(nb[2], hd[2], "resencoder_level3")(Downsample(name="resdown2_3")(r))
+        reslatent = blocks(nb[3], hd[3], "reslatent")(down3_4(r))
         out = decoder(latent + self.cond_scale * reslatent, skips, inp_img)
         return (out, first) if return_first_pass else out

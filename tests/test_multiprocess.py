@@ -1,0 +1,210 @@
+"""Several processes: 2 processes x 4 CPU devices, killed (SIGKILL) after a checkpoint and relaunched, end with
+the train state of 1 process x 8 devices run without a break; and when main.py joins a distributed system."""
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import types
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import portpicker
+import pytest
+from jax._src.clusters import cloud_tpu_cluster
+
+from configs import denoise
+from rcot_jax import steps
+from rcot_jax.checkpointing import abstract_like
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+STEPS = 4
+# The tiny config with the tiny MPRNet map, which compiles in half the time of the tiny Restormer.
+FLAGS = ["--config=configs/denoise.py:tiny", "--config.model.backbone=mprnet", "--config.checkpoint_every_steps=2",
+         "--config.eval_every_steps=1000"]
+TIMEOUT = 600
+# Largest difference allowed per leaf, relative to its largest value. Gloo sums the devices' gradients in another
+# order than one process does: float32 rounding, which RMSprop's first, sign-like steps amplify in the critic's
+# near-cancelling gradients (README). Measured: T and its optimiser state 9e-7, F 3e-4, F's optimiser state 4e-3;
+# a global batch assembled in another order than on one process (other gradient-penalty draws per sample) moves F
+# by 1e-2 to 3e-2 and F's optimiser state by 2 or more.
+_TOLERANCES = {".step": 0, ".t_params": 1e-5, ".t_opt_state": 1e-5, ".f_params": 3e-3, ".f_opt_state": 3e-2}
+
+
+def _config():
+    config = denoise.get_config("tiny")
+    config.model.backbone = "mprnet"
+    return config
+
+
+def _launch(log, workdir, devices, steps, *flags, **env):
+    # Unoptimised machine code halves XLA's compile time, most of this test's time.
+    env = dict(os.environ, **env,
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0")
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rcot_jax.main", *FLAGS, f"--workdir={workdir}",
+             f"--config.num_train_steps={steps}", *flags], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc.log = log
+    return proc
+
+
+def _launch_two(tmp_path, name, workdir, steps):
+    """The same command on 2 processes of 4 devices each, without the persistent compilation cache: only process 0
+    would find its programs there (the key holds each process's CPU topology) and reach the first collective
+    long before process 1, which Gloo waits for 30 s only."""
+    address = f"127.0.0.1:{portpicker.pick_unused_port()}"
+    return [_launch(tmp_path / f"{name}_{i}.log", workdir, 4, steps, f"--coordinator_address={address}",
+                    "--num_processes=2", f"--process_id={i}", JAX_ENABLE_COMPILATION_CACHE="false")
+            for i in range(2)]
+
+
+@contextlib.contextmanager
+def _killed_at_exit():
+    procs = []
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def _logs(procs):
+    return "\n".join(f"--- {p.log}:\n" + p.log.read_text()[-3000:] for p in procs)
+
+
+def _wait(procs, deadline):
+    for p in procs:
+        p.wait(timeout=max(1, deadline - time.time()))
+    assert all(p.returncode == 0 for p in procs), _logs(procs)
+
+
+def _checkpoints(workdir):
+    """Complete checkpoints: Orbax writes into a temporary directory and renames it to `<step>` at the end."""
+    path = workdir / "checkpoints"
+    return sorted(int(n) for n in os.listdir(path) if n.isdigit()) if path.exists() else []
+
+
+def _state(workdir, step):
+    """The train state of checkpoint `step` as NumPy arrays, keyed by path."""
+    abstract = jax.eval_shape(lambda: steps.create_train_state(_config(), jax.random.key(0)))
+    target = abstract_like(abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    with ocp.StandardCheckpointer() as checkpointer:
+        state = checkpointer.restore(workdir / "checkpoints" / str(step) / "state", target)
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(state)}
+
+
+def test_two_processes_killed_and_resumed_end_as_one_process_uninterrupted(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    deadline = time.time() + TIMEOUT
+    with _killed_at_exit() as procs:
+        procs.append(reference := _launch(tmp_path / "one.log", one, 8, STEPS))
+        # 1000 steps: this launch cannot finish; it is killed as soon as its first checkpoint is complete.
+        procs += (first := _launch_two(tmp_path, "first", two, 1000))
+        while not _checkpoints(two):
+            assert all(p.poll() is None for p in first), _logs(first)
+            assert time.time() < deadline, _logs(first)
+            time.sleep(0.05)
+        for p in first:
+            p.kill()
+        for p in first:
+            p.wait()
+        killed_at = _checkpoints(two)[-1]
+        assert 2 <= killed_at < STEPS
+
+        procs += (second := _launch_two(tmp_path, "second", two, STEPS))
+        _wait(second + [reference], deadline)
+    for p in second:
+        assert f"Resumed from {two}/checkpoints/{killed_at}" in p.log.read_text()
+
+    assert _checkpoints(one)[-1] == _checkpoints(two)[-1] == STEPS
+    expected, actual = _state(one, STEPS), _state(two, STEPS)
+    assert expected.keys() == actual.keys() and actual[".step"] == STEPS
+    assert all(any(leaf.startswith(k) for k in _TOLERANCES) for leaf in expected)
+    for k, tol in _TOLERANCES.items():
+        for leaf in [leaf for leaf in expected if leaf.startswith(k)]:
+            np.testing.assert_allclose(actual[leaf], expected[leaf], rtol=0,
+                                       atol=tol * np.abs(expected[leaf]).max(), err_msg=leaf)
+    evaluation = json.loads((one / "eval.jsonl").read_text())       # one line: the evaluation at the last step
+    assert json.loads((two / "eval.jsonl").read_text()) == pytest.approx(evaluation, abs=1e-3)
+
+
+# JAX's cluster detection, fed as on each kind of host; `initialize` is recorded, never run.
+
+_CLUSTER_VARIABLES = ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "TPU_WORKER_ID", "TPU_SKIP_MDS_QUERY",
+                      "MEGASCALE_COORDINATOR_ADDRESS", "MEGASCALE_NUM_SLICES", "MEGASCALE_SLICE_ID",
+                      "SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID",
+                      "OMPI_MCA_orte_hnp_uri", "KUBERNETES_SERVICE_HOST", "JAX_COORDINATOR_ADDRESS")
+
+
+@pytest.fixture
+def initialize_calls(monkeypatch):
+    from rcot_jax import main    # here, not at the top: it defines absl flags that other entry points share
+
+    for name in _CLUSTER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", False)
+    monkeypatch.setattr(main, "FLAGS", types.SimpleNamespace(coordinator_address=None, num_processes=None,
+                                                            process_id=None))
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+
+    def run():
+        main._maybe_initialize_distributed()
+        return calls
+    return run
+
+
+def _tpu_vm(monkeypatch, **metadata):
+    """A Cloud TPU VM whose metadata server holds `metadata` (GCE; a GKE node has none of these keys)."""
+    monkeypatch.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", True)
+    monkeypatch.setattr(cloud_tpu_cluster, "get_metadata",
+                        lambda key: (metadata[key], 200) if key in metadata else ("", 404))
+
+
+def _gce_tpu_vm(monkeypatch, workers, tpu_env=""):
+    """A GCE TPU VM, worker 0 of `workers` in its slice (`tpu-env`: the multislice settings)."""
+    _tpu_vm(monkeypatch, **{"agent-worker-number": "0", "worker-network-endpoints": ",".join(workers),
+                            "tpu-env": tpu_env})
+
+
+def test_a_single_host_stays_out_of_the_distributed_system(initialize_calls, monkeypatch):
+    assert initialize_calls() == []                                   # CPU or GPU machine
+    _gce_tpu_vm(monkeypatch, ["10.0.0.2"])
+    assert initialize_calls() == []                                   # one-host TPU VM
+    _tpu_vm(monkeypatch)
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")
+    assert initialize_calls() == []                                   # one-host GKE TPU node
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    for name, value in [("SLURM_STEP_NODELIST", "n1"), ("SLURM_NTASKS", "1"), ("SLURM_PROCID", "0"),
+                        ("SLURM_LOCALID", "0")]:
+        monkeypatch.setenv(name, value)
+    assert initialize_calls() == []                                   # one SLURM task
+
+
+def test_every_multi_host_environment_jax_detects_initializes_with_its_own_settings(initialize_calls,
+                                                                                     monkeypatch):
+    _gce_tpu_vm(monkeypatch, ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"])
+    assert initialize_calls() == [{}]                                 # pod slice, from the metadata server
+    _gce_tpu_vm(monkeypatch, ["10.0.0.2"], tpu_env="MEGASCALE_NUM_SLICES: '2'")
+    assert initialize_calls() == [{}, {}]                             # multislice of one-host slices
+    _tpu_vm(monkeypatch)
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "pod-0,pod-1")
+    monkeypatch.setenv("TPU_WORKER_ID", "1")
+    assert initialize_calls() == [{}, {}, {}]                         # GKE
+
+
+def test_slurm_tasks_and_explicit_flags_initialize(initialize_calls, monkeypatch):
+    from rcot_jax import main
+
+    for name, value in [("SLURM_JOB_ID", "7"), ("SLURM_STEP_NODELIST", "n[1-2]"), ("SLURM_NTASKS", "2"),
+                        ("SLURM_PROCID", "1"), ("SLURM_LOCALID", "0")]:
+        monkeypatch.setenv(name, value)
+    assert initialize_calls() == [{}]
+    monkeypatch.setattr(main, "FLAGS", types.SimpleNamespace(coordinator_address="h:1", num_processes=2,
+                                                            process_id=1))
+    assert initialize_calls()[-1] == {"coordinator_address": "h:1", "num_processes": 2, "process_id": 1}
