@@ -12,9 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, ".")
-from configs import default  # noqa: E402
-from rcot_jax import parallel, steps  # noqa: E402
+from rcot_jax import parallel, steps
+from rcot_jax.configs import default
 
 
 def rel(a, b):

@@ -10,6 +10,7 @@ is the device's peak bytes in use where the backend reports it, else the process
 """
 import json
 import resource
+import sys
 import time
 
 import jax
@@ -19,9 +20,10 @@ from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
-from rcot_jax import parallel, steps
+from rcot_jax import configs, parallel, steps
 
-config_flags.DEFINE_config_file("config", "configs/benchmark.py:b", "Config to benchmark.", lock_config=True)
+config_flags.DEFINE_config_file("config", configs.resolve_path("configs/benchmark.py:b"),
+                                "Config to benchmark (configs/benchmark.py:a|b|c[:bf16]).", lock_config=True)
 flags.DEFINE_enum("mode", "train", ["train", "restore"], "train: the RCOT train step; restore: T's forward.")
 flags.DEFINE_integer("steps", 10, "Timed calls after the warm-up call.")
 flags.DEFINE_integer("devices", 0, "Local devices in the mesh (0: all).")
@@ -120,4 +122,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, argv=configs.resolve_argv(sys.argv))

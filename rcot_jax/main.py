@@ -6,13 +6,14 @@ Open MPI job) run the same command on every host; elsewhere add --coordinator_ad
 """
 import logging as std_logging
 import os
+import sys
 
 import jax
 from absl import app, flags, logging
 from jax._src import clusters
 from ml_collections import config_flags
 
-from rcot_jax import train
+from rcot_jax import configs, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file (configs/<task>.py[:variant]).",
@@ -69,4 +70,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, argv=configs.resolve_argv(sys.argv))

@@ -1,5 +1,4 @@
 import os
-import sys
 
 # Before JAX initialises its backend: 8 fake CPU devices and the persistent compilation cache.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -7,5 +6,3 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # `configs` is a folder, not a package

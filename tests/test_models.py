@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rcot_jax import models, steps
-from configs import default
+from rcot_jax.configs import default
 
 
 def _num_params(module, shape):

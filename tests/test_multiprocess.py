@@ -15,7 +15,7 @@ import portpicker
 import pytest
 from jax._src.clusters import cloud_tpu_cluster
 
-from configs import denoise
+from rcot_jax.configs import denoise
 from rcot_jax import steps
 from rcot_jax.checkpointing import abstract_like
 

@@ -4,7 +4,7 @@ import optax
 import pytest
 
 from rcot_jax import optim
-from configs import default
+from rcot_jax.configs import default
 
 torch = pytest.importorskip("torch")
 

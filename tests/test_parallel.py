@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rcot_jax import parallel, steps
-from configs import default
+from rcot_jax.configs import default
 
 
 def _batch(dtype):

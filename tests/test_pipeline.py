@@ -4,7 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
-from configs import allinone, deblur, denoise
+from rcot_jax.configs import allinone, deblur, denoise
 from rcot_jax import metrics
 from rcot_jax.data import images as images_lib
 from rcot_jax.data import pipeline

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
+from rcot_jax.configs import default
 from rcot_jax import steps
 
 

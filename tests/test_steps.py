@@ -4,7 +4,7 @@ import jax
 import numpy as np
 
 from rcot_jax import steps
-from configs import default
+from rcot_jax.configs import default
 
 
 def test_mprnet_joint_adam_step_trains():

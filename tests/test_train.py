@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import allinone, deblur, dehaze, denoise, derain, lowlight, sr
+from rcot_jax.configs import allinone, deblur, dehaze, denoise, derain, lowlight, sr
 from rcot_jax import steps, train
 from rcot_jax.checkpointing import Checkpointer
 from rcot_jax.data import images as images_lib

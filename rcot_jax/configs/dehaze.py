@@ -4,7 +4,7 @@
 rates x0.1 every 20 epochs, an epoch being 24,045 steps (RESIDE-beta OTS: 72,135 pairs at batch 3). `quick`: a
 small map that visibly restores within minutes on a 2-core CPU. `tiny`: a few steps, for tests.
 """
-from configs import default
+from rcot_jax.configs import default
 
 
 def get_config(arg=None):

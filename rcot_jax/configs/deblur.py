@@ -7,7 +7,7 @@ CPU, on milder camera shake (kernels up to 7 px instead of 15): blind deblurring
 needs far more training than a CPU gives in minutes (the quick map plateaus about 0.7 dB above the blurred
 input). `tiny`: a few steps, for tests.
 """
-from configs import default
+from rcot_jax.configs import default
 
 
 def get_config(arg=None):

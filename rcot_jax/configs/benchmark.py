@@ -9,7 +9,7 @@
 All use the official trainer's two critic optimiser steps and RMSprop. Append `:bf16` for mixed precision
 (e.g. `configs/benchmark.py:b:bf16`) or override `--config.precision`.
 """
-from configs import default
+from rcot_jax.configs import default
 
 VARIANTS = ("a", "b", "c")
 

@@ -5,7 +5,7 @@ rates x0.1 every 20 epochs, an epoch being 24,000 steps (DIV2K x4 has no release
 schedule is kept). `quick`: a small map that visibly restores within minutes on a 2-core CPU. `tiny`: a few
 steps, for tests.
 """
-from configs import default
+from rcot_jax.configs import default
 
 
 def get_config(arg=None):

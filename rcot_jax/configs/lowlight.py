@@ -5,7 +5,7 @@ rates x0.1 every 20 epochs, an epoch being 3,234 steps (LOL: 485 pairs x 20 repe
 loader)). `quick`: a small map that visibly restores within minutes on a 2-core CPU. `tiny`: a few steps, for
 tests.
 """
-from configs import default
+from rcot_jax.configs import default
 
 
 def get_config(arg=None):

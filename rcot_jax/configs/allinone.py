@@ -6,7 +6,7 @@ rates x0.1 every 20 epochs, an epoch being 73,765 steps (OTS 72,135 + Rain100L 7
 at batch 3). `quick`: a small map that visibly restores within minutes on a 2-core CPU. `tiny`: a few steps, for
 tests.
 """
-from configs import default
+from rcot_jax.configs import default
 
 
 def get_config(arg=None):

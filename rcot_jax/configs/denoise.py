@@ -4,7 +4,7 @@
 rates x0.1 every 20 epochs, an epoch being 8,574 steps (BSD400 + WED: 5,144 images x 5 repeats at batch 3).
 `quick`: a small map that visibly restores within minutes on a 2-core CPU. `tiny`: a few steps, for tests.
 """
-from configs import default
+from rcot_jax.configs import default
 
 
 def get_config(arg=None):
