@@ -1,11 +1,13 @@
 """The training loop: `train_and_evaluate(config, workdir) -> state`.
 
 Workdir contents:
-  config.json        the resolved config of the latest launch
+  config.json        the resolved config of the latest launch (written once the run starts)
+  config_history/    every launch's config: <UTC time>-step<N>.json, N the step it started from
   checkpoints/<step> Orbax checkpoints (train state + data iterator position), the last `keep_checkpoints`
   events.out.tfevents.*   TensorBoard scalars (train metrics, eval PSNR/SSIM, steps/s) and sample images
   samples/step_<step>.png sample grids: degraded | first pass | restored | target, one held-out crop per row
-  eval.jsonl         one JSON line per evaluation: step, psnr, ssim, input_psnr, input_ssim (+ per degradation)
+  eval.jsonl         one JSON line per evaluation: step, psnr, ssim, input_psnr, input_ssim (+ per degradation;
+                     "mode": "eval" for `--mode=eval`)
 Re-running with the same workdir resumes from the latest checkpoint; a finished run is not retrained.
 """
 import json
@@ -23,25 +25,14 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from PIL import Image
 
-from rcot_jax import metrics as metrics_lib
 from rcot_jax import parallel, steps
+from rcot_jax import workdir as workdir_lib
+from rcot_jax.evaluate import evaluate, make_evaluator, sample_grid
 from rcot_jax.checkpointing import Checkpointer, abstract_like
-from rcot_jax.data import images as images_lib
 from rcot_jax.data import pipeline
+from rcot_jax.weights import checkpoints as weights_checkpoints
 
 BATCH_KEYS = ("degraded", "target", "paired", "de_id")   # what the train step reads
-
-
-def _load_images(data_config):
-    """(training images, held-out images): the folders the config names, else the embedded photographs."""
-    def load(key, split):
-        if not data_config[key]:
-            return images_lib.load_embedded(split)
-        try:
-            return images_lib.load_folder(data_config[key])
-        except ValueError as e:
-            raise ValueError(f"config.data.{key}: {e}") from e
-    return load("train_dir", "train"), load("eval_dir", "heldout")
 
 
 def _global_batch(local, sharding):
@@ -84,59 +75,6 @@ def _all_finite(tree):
     return jax.tree.reduce(lambda ok, x: ok & jnp.isfinite(x).all(), tree, True)
 
 
-def make_evaluator(config, mesh):
-    """(t_params, degraded [N,S,S,3] NumPy) -> (restored, first pass) NumPy, in chunks over the mesh."""
-    t_model, _ = steps.build_models(config)
-    n_dev = mesh.devices.size
-    chunk = -(-config.data.eval_batch_size // n_dev) * n_dev
-    sharding = NamedSharding(mesh, P(parallel.DATA_AXIS))
-    apply = jax.jit(lambda params, x: t_model.apply(params, x, return_first_pass=True),
-                    out_shardings=NamedSharding(mesh, P()))
-    pi, pc = jax.process_index(), jax.process_count()
-
-    def run(t_params, degraded):
-        n = len(degraded)
-        padded = np.concatenate([degraded, np.repeat(degraded[-1:], -n % chunk, axis=0)])
-        outs = []
-        for i in range(0, len(padded), chunk):
-            local = np.split(padded[i:i + chunk], pc)[pi]
-            out = apply(t_params, jax.make_array_from_process_local_data(sharding, local))
-            outs.append(jax.tree.map(np.asarray, out))
-        restored, first = (np.concatenate(x)[:n] for x in zip(*outs))
-        return np.clip(restored, 0, 1), np.clip(first, 0, 1)
-
-    return run
-
-
-def evaluate(evaluator, t_params, eval_data):
-    """PSNR/SSIM of the restored held-out crops and of their degraded inputs; per degradation when mixed."""
-    restored, first = evaluator(t_params, eval_data["degraded"])
-    scores = {"psnr": metrics_lib.psnr(restored, eval_data["target"]),
-              "ssim": metrics_lib.ssim(restored, eval_data["target"]),
-              "input_psnr": metrics_lib.psnr(eval_data["degraded"], eval_data["target"]),
-              "input_ssim": metrics_lib.ssim(eval_data["degraded"], eval_data["target"])}
-    result = {k: float(v.mean()) for k, v in scores.items()}
-    names = np.array(eval_data["names"])
-    if len(set(names)) > 1:
-        for name in dict.fromkeys(names):
-            result.update({f"{k}/{name}": float(v[names == name].mean()) for k, v in scores.items()})
-    return result, restored, first
-
-
-def sample_grid(eval_data, restored, first, rows):
-    """uint8 image: one row per held-out crop (spread over the set), columns degraded | first pass | restored |
-    target."""
-    gap = 2
-    pick = np.linspace(0, len(restored) - 1, rows).round().astype(int)
-    cells = [eval_data["degraded"][pick], first[pick], restored[pick], eval_data["target"][pick]]
-    size = cells[0].shape[1]
-    grid = np.ones((rows * (size + gap) - gap, 4 * (size + gap) - gap, 3), np.float32)
-    for r in range(rows):
-        for c, images in enumerate(cells):
-            grid[r * (size + gap):r * (size + gap) + size, c * (size + gap):c * (size + gap) + size] = images[r]
-    return metrics_lib.to_uint8(grid)
-
-
 def _write_atomic(path, write):
     tmp = f"{path}.tmp"
     write(tmp)
@@ -158,36 +96,82 @@ def _keys(config):
     return jax.random.split(jax.random.key(config.seed))
 
 
+def _announce_first_call(fn, what):
+    """`fn` that says it is compiling before its first call (silent for a minute on a CPU otherwise) and how
+    long that call took."""
+    calls = []
+
+    def run(*args):
+        if calls:
+            return fn(*args)
+        calls.append(time.time())
+        logging.info("Compiling %s ...", what)
+        out = jax.block_until_ready(fn(*args))
+        logging.info("Compiled and ran %s in %.1f s", what, time.time() - calls[0])
+        return out
+
+    return run
+
+
+def _check_fits(config, mesh):
+    """Raises ValueError, naming the key, for settings the mesh or the model cannot take: checked before the
+    workdir is touched."""
+    n, k = mesh.devices.size, config.optim.accumulate_steps
+    if config.data.batch_size % n:
+        raise ValueError(f"config.data.batch_size={config.data.batch_size} is not divisible by the {n} devices "
+                         f"({jax.process_count()} process(es)); use a multiple of {n}")
+    if (config.data.batch_size // n) % k:
+        raise ValueError(f"config.optim.accumulate_steps={k} does not divide the {config.data.batch_size // n} "
+                         f"samples per device (config.data.batch_size={config.data.batch_size}, {n} devices)")
+    jax.eval_shape(lambda: steps.create_train_state(config, _keys(config)[0]))   # the model keys
+
+
+def _require_checkpoint(directory):
+    if not os.path.isdir(directory) or not any(name.isdigit() for name in os.listdir(directory)):
+        raise FileNotFoundError(f"no checkpoint to evaluate in {directory}: train first (the same command without "
+                                "--mode=eval)")
+
+
 def _restore_or_init(config, ckpt, sharding, data_iter):
     latest = ckpt.latest_step()
     if latest is None:    # created in place: on several processes a host value cannot be device_put globally
-        return jax.jit(lambda: steps.create_train_state(config, _keys(config)[0]), out_shardings=sharding)()
+        logging.info("Initialising the train state ...")
+        state = jax.jit(lambda: steps.create_train_state(config, _keys(config)[0]), out_shardings=sharding)()
+        return weights_checkpoints.init_from(config.init_from, state) if config.init_from else state
     abstract = jax.eval_shape(lambda: steps.create_train_state(config, _keys(config)[0]))
     state = ckpt.restore(latest, abstract_like(abstract, sharding), data_iter)
     logging.info("Resumed from %s/%d", ckpt.directory, latest)
     return state
 
 
-def _setup(config, workdir):
-    """Mesh, images, the process's data iterator, the held-out set, the checkpointer and the state."""
+def _setup(config, workdir, create=True):
+    """Mesh, images, the process's data iterator, the held-out set, the checkpointer and the state. The config
+    and the data are checked before anything is written (`create=False`: nothing is)."""
     mesh = parallel.make_mesh()
-    train_images, eval_images = _load_images(config.data)
-    data_iter = iter(pipeline.train_dataset(config, train_images, jax.process_index(), jax.process_count()))
-    eval_data = pipeline.eval_set(config, eval_images)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+    data_iter = iter(pipeline.train_dataset(config, None, jax.process_index(), jax.process_count()))
+    eval_data = pipeline.EvalSet(config)
+    _check_fits(config, mesh)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints, create=create)
     state = _restore_or_init(config, ckpt, NamedSharding(mesh, P()), data_iter)
     return mesh, data_iter, eval_data, ckpt, state
 
 
 def evaluate_checkpoint(config, workdir):
-    """Evaluates the latest checkpoint in `workdir` on the held-out set (the `--mode=eval` command)."""
-    mesh, _, eval_data, ckpt, state = _setup(config, os.path.abspath(workdir))
-    latest = ckpt.latest_step()
+    """Evaluates the latest checkpoint in `workdir` on the held-out set (the `--mode=eval` command) and appends
+    the result to its eval.jsonl and TensorBoard."""
+    workdir = os.path.abspath(workdir)
+    _require_checkpoint(os.path.join(workdir, "checkpoints"))
+    mesh, _, eval_data, ckpt, state = _setup(config, workdir, create=False)
     ckpt.close()
-    if latest is None:
-        raise FileNotFoundError(f"no checkpoint in {ckpt.directory} to evaluate")
-    result, _, _ = evaluate(make_evaluator(config, mesh), state.t_params, eval_data)
-    logging.info("Eval of step %d: %s", int(state.step), json.dumps(result))
+    result, _ = evaluate(make_evaluator(config, mesh), state.t_params, eval_data)
+    step = int(state.step)
+    logging.info("Eval of step %d: %s", step, json.dumps(result))
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "eval.jsonl"), "a") as f:
+            f.write(json.dumps({"step": step, **{k: round(v, 4) for k, v in result.items()}, "mode": "eval"}) + "\n")
+        writer = metric_writers.SummaryWriter(workdir)
+        writer.write_scalars(step, {f"eval/{k}": v for k, v in result.items()})
+        writer.close()
     return result
 
 
@@ -195,15 +179,14 @@ def train_and_evaluate(config, workdir):
     """Trains (or resumes) to `config.num_train_steps`, evaluating and checkpointing along the way."""
     workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
-    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-    if is_main:
-        _write_atomic(os.path.join(workdir, "config.json"),
-                      lambda tmp: pathlib.Path(tmp).write_text(config.to_json_best_effort(indent=2)))
     if config.parallel.wrapper == "pmap" and jax.process_count() > 1:
         raise ValueError("config.parallel.wrapper='pmap' runs on one process; use 'shard_map' across processes")
     mesh, data_iter, eval_data, ckpt, state = _setup(config, workdir)
     step_rng = jax.jit(lambda: _keys(config)[1], out_shardings=NamedSharding(mesh, P()))()
     first_step = int(state.step)
+    if is_main:
+        workdir_lib.record_config(workdir, config, first_step)
+    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
     eval_log = os.path.join(workdir, "eval.jsonl")
     if is_main:
         _truncate_eval_log(eval_log, first_step)
@@ -214,8 +197,8 @@ def train_and_evaluate(config, workdir):
 
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
     report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)
-    train_step = parallel.compile_train_step(config, mesh)
-    evaluator = make_evaluator(config, mesh)
+    train_step = _announce_first_call(parallel.compile_train_step(config, mesh), "the train step")
+    evaluator = _announce_first_call(make_evaluator(config, mesh), "the evaluation")
     batch_sharding = NamedSharding(mesh, P(parallel.DATA_AXIS))
     preemption = _Preemption()
     pending = []     # (step, metrics still on the device): fetched only when logged, to keep the device busy
@@ -226,6 +209,7 @@ def train_and_evaluate(config, workdir):
                 state, step_metrics = train_step(state, batch, step_rng)
             pending.append((step, step_metrics))
             report(step, time.time())
+            ckpt.raise_if_failed()
             last = step == config.num_train_steps
             stop = preemption.should_stop()
             do_eval = step % config.eval_every_steps == 0 or last
@@ -237,9 +221,9 @@ def train_and_evaluate(config, workdir):
                 means = {f"train/{k}": np.mean([v[k] for _, v in history]) for k in history[0][1]}
                 writer.write_scalars(step, means)
             if do_eval:
-                result, restored, first = evaluate(evaluator, state.t_params, eval_data)
+                result, rows = evaluate(evaluator, state.t_params, eval_data, config.num_sample_images)
                 writer.write_scalars(step, {f"eval/{k}": v for k, v in result.items()})
-                grid = sample_grid(eval_data, restored, first, min(config.num_sample_images, len(restored)))
+                grid = sample_grid(rows, config.data.eval_size)
                 writer.write_images(step, {"samples": grid[None]})
                 if is_main:
                     _write_atomic(os.path.join(workdir, "samples", f"step_{step:07d}.png"),

@@ -7,7 +7,7 @@ from PIL import Image
 from scipy import ndimage, signal
 
 from rcot_jax.data import degradations as D
-from rcot_jax.data import images as I
+from rcot_jax.data import sources
 
 NAMES = ("noise15", "noise25", "noise50", "rain", "haze", "blur", "lowlight", "sr_x4")
 
@@ -304,7 +304,8 @@ def test_low_light_noise_is_poisson_gaussian():
 
 
 def test_low_light_darkens_by_documented_ratio():
-    for name, img in I.load_embedded("heldout"):
+    held = sources.EmbeddedSource("heldout")
+    for name, img in zip(held.names, (held[i]["target"] / np.float32(255) for i in range(len(held)))):
         for seed in range(3):
             out = D.low_light(img, np.random.default_rng(seed))
             assert _on_grid(out)
@@ -320,48 +321,3 @@ def test_low_light_is_monotone_and_darker():
         assert np.all(np.diff(blocks) > -2e-3)
         assert blocks[-1] > blocks[0] + 0.05
         assert np.all(blocks <= clean + 2e-3)
-
-
-# --------------------------------------------------------------------------------------------- images
-def test_embedded_splits():
-    train, held = I.load_embedded("train"), I.load_embedded("heldout")
-    assert [n for n, _ in held] == ["astronaut.png", "chelsea.png", "coffee.png"]
-    assert len(train) >= 10 and not {n for n, _ in train} & {n for n, _ in held}
-    for name, img in train + held:
-        assert img.dtype == np.float32 and img.ndim == 3 and img.shape[2] == 3, name
-        assert img.shape[0] % 16 == 0 and img.shape[1] % 16 == 0 and max(img.shape[:2]) <= 512, name
-        assert img.min() >= 0 and img.max() <= 1 and img.std() > 0.02, name
-        assert not img.flags.writeable
-    assert I.load_embedded("heldout")[0][1] is held[0][1]  # cached
-    with pytest.raises(ValueError):
-        held[0][1][0, 0, 0] = 0.5
-    with pytest.raises(ValueError, match="valid"):
-        I.load_embedded("valid")
-
-
-def test_load_folder(tmp_path):
-    rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 256, (37, 50, 3), dtype=np.uint8)
-    grey = rng.integers(0, 256, (40, 33), dtype=np.uint8)
-    rgba = rng.integers(0, 256, (16, 16, 4), dtype=np.uint8)
-    Image.fromarray(rgb).save(tmp_path / "b.png")
-    Image.fromarray(grey).save(tmp_path / "a.png")
-    Image.fromarray(rgba).save(tmp_path / "c.png")
-    (tmp_path / "notes.txt").write_text("not an image")
-    loaded = I.load_folder(tmp_path)
-    assert [n for n, _ in loaded] == ["a.png", "b.png", "c.png"]
-    (_, a), (_, b), (_, c) = loaded
-    assert a.shape == (32, 32, 3) and b.shape == (32, 48, 3) and c.shape == (16, 16, 3)
-    assert all(x.dtype == np.float32 for x in (a, b, c))
-    np.testing.assert_allclose(a, np.repeat(grey[:32, :32, None], 3, axis=2) / 255, atol=1e-6)
-    np.testing.assert_allclose(b, rgb[:32, :48] / 255, atol=1e-6)
-    np.testing.assert_allclose(c, rgba[:, :, :3] / 255, atol=1e-6)
-
-
-def test_load_folder_errors(tmp_path):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(ValueError, match="empty"):
-        I.load_folder(empty)
-    with pytest.raises(ValueError, match="missing_dir"):
-        I.load_folder(tmp_path / "missing_dir")

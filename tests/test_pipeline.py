@@ -6,8 +6,7 @@ import pytest
 
 from rcot_jax.configs import allinone, deblur, denoise
 from rcot_jax import metrics
-from rcot_jax.data import images as images_lib
-from rcot_jax.data import pipeline
+from rcot_jax.data import pipeline, sources
 
 
 def _config(module=denoise, **data):
@@ -17,8 +16,7 @@ def _config(module=denoise, **data):
 
 
 def _batches(config, n, process_index=0, process_count=1):
-    images = images_lib.load_embedded("train")
-    return list(itertools.islice(pipeline.train_dataset(config, images, process_index, process_count), n))
+    return list(itertools.islice(pipeline.train_dataset(config, None, process_index, process_count), n))
 
 
 def test_task_degradations():
@@ -75,7 +73,7 @@ def test_unpaired_stream_never_pairs_a_degraded_image_with_its_own_target():
 
 def test_partly_paired_stream_pairs_a_fixed_subset_of_images():
     c = _config(paired_fraction=0.5)
-    subset = pipeline.paired_images(len(images_lib.load_embedded("train")), 0.5, c.seed)
+    subset = pipeline.paired_images(len(sources.EmbeddedSource("train")), 0.5, c.seed)
     assert len(subset) == 6
     batches = _batches(c, 20)
     for b in batches:
@@ -95,22 +93,21 @@ def _assert_same(a, b):
 
 def test_stream_is_deterministic_and_resumes_from_its_state():
     c = _config(allinone)
-    images = images_lib.load_embedded("train")
-    it = iter(pipeline.train_dataset(c, images))
+    it = iter(pipeline.train_dataset(c))
     first = [next(it) for _ in range(2)]
     state = it.get_state()
     rest = [next(it) for _ in range(2)]
 
-    again = iter(pipeline.train_dataset(c, images))
+    again = iter(pipeline.train_dataset(c))
     for a, b in zip(first, [next(again) for _ in range(2)]):
         _assert_same(a, b)
-    resumed = iter(pipeline.train_dataset(c, images))
+    resumed = iter(pipeline.train_dataset(c))
     resumed.set_state(state)
     for a, b in zip(rest, [next(resumed) for _ in range(2)]):
         _assert_same(a, b)
 
     c.seed = 1
-    other = next(iter(pipeline.train_dataset(c, images)))
+    other = next(iter(pipeline.train_dataset(c)))
     assert not np.array_equal(other["degraded"], first[0]["degraded"])
 
 
@@ -127,27 +124,45 @@ def test_processes_split_the_global_batch():
         _batches(c, 1, process_index=0, process_count=3)
 
 
+def _stack(eval_set, key):
+    return np.stack([eval_set[i][key] for i in range(len(eval_set))])
+
+
 def test_eval_set_is_fixed_and_covers_every_degradation():
     c = _config(allinone, eval_crops=2)
-    images = images_lib.load_embedded("heldout")
-    a, b = pipeline.eval_set(c, images), pipeline.eval_set(c, images)
-    n = len(images) * 2 * len(c.data.mix)
-    assert a["degraded"].shape == (n, c.data.eval_size, c.data.eval_size, 3) and len(a["names"]) == n
-    assert sorted(set(a["names"])) == sorted(c.data.mix)
-    np.testing.assert_array_equal(a["degraded"], b["degraded"])
+    a, b = pipeline.EvalSet(c), pipeline.EvalSet(c)
+    n = len(sources.EmbeddedSource("heldout")) * 2 * len(c.data.mix)
+    assert _stack(a, "degraded").shape == (n, c.data.eval_size, c.data.eval_size, 3) and len(a.degradations) == n
+    assert a.shapes == [(c.data.eval_size,) * 2] * n
+    assert sorted(set(a.degradations)) == sorted(c.data.mix)
+    np.testing.assert_array_equal(_stack(a, "degraded"), _stack(b, "degraded"))
     c.seed = 7                                           # the held-out set does not depend on the run's seed
-    np.testing.assert_array_equal(pipeline.eval_set(c, images)["degraded"], a["degraded"])
+    np.testing.assert_array_equal(_stack(pipeline.EvalSet(c), "degraded"), _stack(a, "degraded"))
+    c.data.eval_limit = 5
+    assert len(pipeline.EvalSet(c)) == 5
 
 
-def test_images_smaller_than_a_crop_are_rejected_by_name():
-    with pytest.raises(ValueError, match=r"image 'page.png' is 176x384, smaller than config.data.patch_size=256"):
-        _batches(_config(patch_size=256), 1)
+def test_whole_image_eval_keeps_every_size():
+    c = _config(denoise, eval_crops=0)
+    e = pipeline.EvalSet(c)
+    held = sources.EmbeddedSource("heldout")
+    assert e.shapes == [tuple(hw) for hw in held.sizes]
+    item = e[1]
+    assert item["degraded"].shape == item["target"].shape == (*held.sizes[1], 3)
+    np.testing.assert_array_equal(item["target"], held[1]["target"] / np.float32(255))
+
+
+def test_images_smaller_than_a_crop_are_skipped_by_name(caplog):
+    (b,) = _batches(_config(patch_size=256), 1)
+    assert b["degraded"].shape[1] == 256
+    assert "page.png (176x384)" in caplog.text and "config.data.patch_size=256" in caplog.text
+    with pytest.raises(ValueError, match=r"every image is smaller than config.data.patch_size=4096"):
+        _batches(_config(patch_size=4096), 1)
 
 
 def test_blur_kernel_size_sets_the_blur_strength():
-    images = images_lib.load_embedded("heldout")
     psnr = {}
     for size in (5, 21):
-        data = pipeline.eval_set(_config(deblur, blur_kernel_size=size, eval_size=64), images)
-        psnr[size] = metrics.psnr(data["degraded"], data["target"]).mean()
+        data = pipeline.EvalSet(_config(deblur, blur_kernel_size=size, eval_size=64))
+        psnr[size] = metrics.psnr(_stack(data, "degraded"), _stack(data, "target")).mean()
     assert psnr[21] < psnr[5] - 3

@@ -14,7 +14,6 @@ import pytest
 from rcot_jax.configs import allinone, deblur, dehaze, denoise, derain, lowlight, sr
 from rcot_jax import steps, train
 from rcot_jax.checkpointing import Checkpointer
-from rcot_jax.data import images as images_lib
 from rcot_jax.data import pipeline
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -32,7 +31,7 @@ def _restore_latest(config, workdir):
     """The latest checkpoint restored through the public path, with a fresh data iterator."""
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
     abstract = jax.eval_shape(lambda: steps.create_train_state(config, jax.random.key(0)))
-    data_iter = iter(pipeline.train_dataset(config, images_lib.load_embedded("train")))
+    data_iter = iter(pipeline.train_dataset(config))
     try:
         return ckpt.latest_step(), ckpt.restore(ckpt.latest_step(), abstract, data_iter)
     finally:

@@ -22,6 +22,9 @@ def get_config(arg=None):
     arg = arg or ""
     c = ml_collections.ConfigDict()
     c.seed = 0
+    c.init_from = ""                          # a fresh run starts from the T and F parameters of this converted
+                                              # (rcot_jax.convert) or trained checkpoint: a workdir, its
+                                              # checkpoints/ or a step directory; '' = fresh initialisation
 
     c.model = ml_collections.ConfigDict()
     c.model.backbone = "restormer"            # 'restormer' (official trainer) | 'mprnet' (paper, pretrained weights)
@@ -40,10 +43,27 @@ def get_config(arg=None):
     c.data = ml_collections.ConfigDict()
     c.data.task = "deblur"                    # see rcot_jax.data.pipeline.TASKS
     c.data.noise_sigma = 25                   # 15 | 25 | 50, for 'denoise' ('allinone' names levels in mix)
-    c.data.mix = ("haze", "rain", "noise15", "noise25", "noise50")    # degradations 'allinone' draws from
+    c.data.mix = ("haze", "rain", "noise15", "noise25", "noise50")    # degradations 'allinone' draws from;
+                                              # 'tfds:NAME' entries are prepared datasets (their own pairs)
+    c.data.mix_weights = ()                   # one weight per mix entry; () = equal
     c.data.blur_kernel_size = 15              # camera-shake kernels span up to this many pixels
-    c.data.train_dir = ""                     # a folder of clean images; '' = the embedded sample photographs
-    c.data.eval_dir = ""                      # held-out clean images; '' = the embedded held-out photographs
+    c.data.source = "embedded"                # 'embedded' (sample photographs) | 'clean_folder' | 'paired_folders' |
+                                              # 'unpaired_folders' | 'tfds' (a dataset made by rcot_jax.prepare)
+    c.data.train_dir = ""                     # clean_folder: a folder of clean images (degraded on the fly)
+    c.data.eval_dir = ""                      # held-out clean images ('' = the embedded held-out photographs)
+    c.data.degraded_dir = ""                  # paired/unpaired_folders: degraded training images
+    c.data.target_dir = ""                    # ... and their targets (unpaired: unrelated clean images)
+    c.data.match = ""                         # paired: 'DEGRADED -> TARGET' name templates, e.g.
+                                              # 'rain-{id} -> norain-{id}'; '' = the same relative path
+    c.data.file_list = ""                     # paired: a text file naming the degraded images to use
+    c.data.eval_degraded_dir = ""             # paired/unpaired_folders: the test pairs (same data.match)
+    c.data.eval_target_dir = ""
+    c.data.name = ""                          # tfds: gopro | rain100l | ... (rcot_jax.data.builders.LAYOUTS)
+    c.data.data_dir = ""                      # tfds: where it was prepared ('' = TFDS's default)
+    c.data.split = "train"
+    c.data.eval_split = "test"
+    c.data.eval_limit = 0                     # > 0: evaluate only the first eval_limit held-out images
+    c.data.bad_files = "error"                # unreadable / unmatched files: 'error' (stop, naming them) | 'skip'
     c.data.patch_size = 128                   # the critic only accepts patch_size x patch_size inputs
     c.data.batch_size = 3                     # global, over all devices and processes
     c.data.paired_fraction = 1.0              # 1: all paired; 0: unpaired (independent targets); between: a
@@ -51,7 +71,10 @@ def get_config(arg=None):
     c.data.num_workers = 0                    # grain worker processes (0: threads of this process)
     c.data.prefetch = 8                       # batches prepared ahead
     c.data.eval_size = 256                    # held-out crops are eval_size x eval_size
-    c.data.eval_crops = 4                     # crops per held-out image (fixed positions and degradations)
+    c.data.eval_crops = 4                     # crops per held-out clean image (fixed positions and degradations);
+                                              # 0 = whole images. Paired test sets are always whole images
+    c.data.eval_bucket = 64                   # whole images are reflect-padded to multiples of this (one
+                                              # compiled shape per bucket) and cropped back
     c.data.eval_batch_size = 8                # images per evaluation forward pass
 
     c.loss = ml_collections.ConfigDict()

@@ -17,10 +17,13 @@ import os
 
 import grain
 import numpy as np
+from absl import logging
 
-from rcot_jax.data import degradations
+from rcot_jax.data import degradations, sources
 from rcot_jax.ids import DegradationId
 
+SOURCES = ("embedded", "clean_folder", "paired_folders", "unpaired_folders", "tfds")
+TFDS_PREFIX = "tfds:"    # a prepared dataset in data.mix
 TASKS = ("deblur", "denoise", "derain", "dehaze", "sr", "lowlight", "allinone")
 _TASK_DEGRADATION = {"deblur": "blur", "derain": "rain", "dehaze": "haze", "sr": "sr_x4", "lowlight": "lowlight"}
 NOISE_SIGMAS = (15, 25, 50)
@@ -43,15 +46,101 @@ def degradation_names(data_config):
             raise ValueError(f"config.data.noise_sigma={data_config.noise_sigma!r}, expected one of {NOISE_SIGMAS}")
         return (f"noise{data_config.noise_sigma}",)
     if task == "allinone":
-        names = tuple(data_config.mix)
+        names = tuple(n for n in data_config.mix if not n.startswith(TFDS_PREFIX))
         unknown = [n for n in names if n not in DEGRADATION_IDS]
-        if not names or unknown:
-            raise ValueError(f"config.data.mix={names!r}: expected degradation names from "
-                             f"{sorted(DEGRADATION_IDS)}")
+        if not data_config.mix or unknown:
+            raise ValueError(f"config.data.mix={tuple(data_config.mix)!r}: expected degradation names from "
+                             f"{sorted(DEGRADATION_IDS)} or prepared datasets as '{TFDS_PREFIX}NAME'")
         return names
     if task not in _TASK_DEGRADATION:
         raise ValueError(f"config.data.task={task!r}, expected one of {TASKS}")
     return (_TASK_DEGRADATION[task],)
+
+
+def _need(d, *keys):
+    missing = [k for k in keys if not d[k]]
+    if missing:
+        raise ValueError(f"config.data.source={d.source!r} needs " + ", ".join(f"config.data.{k}" for k in missing))
+
+
+def _clean_eval_source(d):
+    if d.eval_dir:
+        return sources.clean_folder(d.eval_dir, d.bad_files, "eval_dir")
+    return sources.EmbeddedSource("heldout")
+
+
+def _mix(d):
+    """Splits `data.mix` (allinone) into synthetic degradation names and 'tfds:NAME' datasets, with their weights
+    (`data.mix_weights`, one per entry; empty: equal)."""
+    entries = tuple(d.mix)
+    weights = tuple(d.mix_weights) or (1.0,) * len(entries)
+    if len(weights) != len(entries) or min(weights, default=1) <= 0:
+        raise ValueError(f"config.data.mix_weights={tuple(d.mix_weights)!r}: expected one positive weight per "
+                         f"entry of config.data.mix={entries!r}")
+    names = [(e, w) for e, w in zip(entries, weights) if not e.startswith(TFDS_PREFIX)]
+    datasets = [(e[len(TFDS_PREFIX):], w) for e, w in zip(entries, weights) if e.startswith(TFDS_PREFIX)]
+    return names, datasets
+
+
+def _main_source(d, split):
+    """The source config.data.source names, for 'train' or 'eval'."""
+    names = {"train": ("degraded_dir", "target_dir"), "eval": ("eval_degraded_dir", "eval_target_dir")}[split]
+    if d.source == "embedded":
+        if split == "train" and d.train_dir:
+            raise ValueError(f"config.data.train_dir={d.train_dir!r} is set but config.data.source='embedded': "
+                             "add --config.data.source=clean_folder")
+        return sources.EmbeddedSource("train") if split == "train" else _clean_eval_source(d)
+    if d.source == "clean_folder":
+        if split == "train":
+            _need(d, "train_dir")
+            return sources.clean_folder(d.train_dir, d.bad_files, "train_dir")
+        return _clean_eval_source(d)
+    if d.source in ("paired_folders", "unpaired_folders"):
+        _need(d, *names)
+        if split == "eval" or d.source == "paired_folders":
+            return sources.paired_folders(d[names[0]], d[names[1]], d.match,
+                                          d.file_list if split == "train" else "", _task_degradation(d),
+                                          d.bad_files, names)
+        return sources.unpaired_folders(d.degraded_dir, d.target_dir, _task_degradation(d), d.bad_files)
+    if d.source == "tfds":
+        _need(d, "name")
+        return sources.tfds_source(d.name, d.split if split == "train" else d.eval_split, d.data_dir or None)
+    raise ValueError(f"config.data.source={d.source!r}, expected one of {SOURCES}")
+
+
+def _task_degradation(d):
+    names = degradation_names(d)
+    return names[0] if len(names) == 1 else None
+
+
+def _components(d, split):
+    if d.task != "allinone":
+        source = _main_source(d, split)
+        return [(source, degradation_names(d) if source.kind == "clean" else (), None, 1.0)]
+    synthetic, datasets = _mix(d)
+    out = []
+    if synthetic:
+        source = _main_source(d, split)
+        if source.kind != "clean":
+            raise ValueError(f"config.data.mix={tuple(d.mix)!r} names synthetic degradations, which need a clean "
+                             f"source; config.data.source={d.source!r} is {source.kind}")
+        w = np.asarray([w for _, w in synthetic], np.float64)
+        probs = None if np.all(w == w[0]) else w / w.sum()     # None: uniform
+        out.append((source, tuple(n for n, _ in synthetic), probs, float(w.sum())))
+    for name, w in datasets:
+        out.append((sources.tfds_source(name, d.split if split == "train" else d.eval_split, d.data_dir or None),
+                    (), None, float(w)))
+    return out
+
+
+def train_components(d):
+    """[(source, synthetic degradation names, their probabilities or None, weight)] of the training stream."""
+    return _components(d, "train")
+
+
+def eval_components(d):
+    """[(source, synthetic degradation names)] of the held-out set."""
+    return [(source, names) for source, names, _, _ in _components(d, "eval")]
 
 
 def dihedral(img, k):
@@ -82,37 +171,84 @@ def degrade_crop(img, size, name, rng, params, margin=MARGIN):
     return degraded[m:m + size, m:m + size], big[m:m + size, m:m + size]
 
 
-def _check_sizes(images, size, key):
-    for name, img in images:
-        if min(img.shape[:2]) < size:
-            raise ValueError(f"image {name!r} is {img.shape[0]}x{img.shape[1]}, smaller than "
-                             f"config.data.{key}={size}")
+def _fit(source, size, key):
+    """`source` without the records smaller than size x size (logged); an error if none is left."""
+    small = [i for i, hw in enumerate(source.sizes) if min(hw) < size]
+    if small:
+        shown = ", ".join(f"{source.names[i]} ({source.sizes[i][0]}x{source.sizes[i][1]})" for i in small[:5])
+        if len(small) == len(source):
+            raise ValueError(f"every image is smaller than config.data.{key}={size}: {shown}")
+        logging.warning("skipping %d of %d images smaller than config.data.%s=%d: %s", len(small), len(source),
+                        key, size, shown)
+        small = set(small)
+        source = source.keep([i for i in range(len(source)) if i not in small])
+    return source
+
+
+def _float(img):
+    return np.asarray(img, np.float32) / 255.0
+
+
+def _crop_at(img, size, top, left):
+    return img[top:top + size, left:left + size]
 
 
 class TrainSample:
-    """element (a training-image index) + rng -> one training sample (see the module docstring)."""
+    """element (a record index of `source`) + rng -> one training sample (see the module docstring).
 
-    def __init__(self, images, names, params, patch_size, paired_images):
-        self.images = [img for _, img in images]
-        self.names = tuple(names)
+    `names`: the synthetic degradations drawn from for a clean source (with probabilities `probs`); a paired or
+    unpaired source brings its own degraded images (`source.degradation` names them)."""
+
+    def __init__(self, source, names, params, patch_size, paired_images, probs=None):
+        self.source, self.names, self.probs = source, tuple(names or ()), probs
+        self.targets = source.targets if source.kind == "unpaired" else source
         self.params = params
         self.patch_size = patch_size
         self.paired_images = frozenset(int(i) for i in paired_images)
 
+    def _degraded_and_clean(self, record, rng):
+        p = self.patch_size
+        if self.source.kind == "clean":
+            n = len(self.names)
+            name = self.names[rng.integers(n) if self.probs is None else rng.choice(n, p=self.probs)]
+            degraded, clean = degrade_crop(_float(record["target"]), p, name, rng, self.params)
+            return degraded, clean, name
+        deg = record["degraded"]
+        top, left = rng.integers(0, deg.shape[0] - p + 1), rng.integers(0, deg.shape[1] - p + 1)
+        clean = _float(_crop_at(record["target"], p, top, left)) if "target" in record else None
+        return _float(_crop_at(deg, p, top, left)), clean, self.source.degradation
+
+    def _other_target(self, src, name, rng):
+        """A random target crop from a different image (an unpaired source: any clean image of another name)."""
+        n = len(self.targets)
+        if self.source.kind == "unpaired":
+            tsrc = int(rng.integers(n))
+            if os.path.splitext(self.targets[tsrc]["name"])[0] == os.path.splitext(name)[0]:
+                tsrc = (tsrc + 1) % n
+        else:
+            tsrc = int(rng.integers(n - 1))
+            tsrc += tsrc >= src              # any training image but this one
+        return tsrc, _float(_crop(self.targets[tsrc]["target"], self.patch_size, rng)[0])
+
     def __call__(self, index, rng):
-        src, p = int(index), self.patch_size
-        name = self.names[rng.integers(len(self.names))]
-        degraded, clean = degrade_crop(self.images[src], p, name, rng, self.params)
+        src = int(index)
+        record = self.source[src]
+        degraded, clean, name = self._degraded_and_clean(record, rng)
         k = rng.integers(1, 8)               # never the identity, as the official loader
-        if src in self.paired_images:
+        paired = src in self.paired_images
+        if paired:
             tsrc, target = src, dihedral(clean, k)
         else:
-            tsrc = int(rng.integers(len(self.images) - 1))
-            tsrc += tsrc >= src              # any training image but this one
-            target = dihedral(_crop(self.images[tsrc], p, rng)[0], rng.integers(1, 8))
+            tsrc, target = self._other_target(src, record["name"], rng)
+            target = dihedral(target, rng.integers(1, 8))
         return {"degraded": dihedral(degraded, k), "target": target.astype(np.float32),
-                "paired": np.bool_(src in self.paired_images), "de_id": np.int32(DEGRADATION_IDS[name]),
+                "paired": np.bool_(paired), "de_id": np.int32(degradation_id(name)),
                 "source": np.int32(src), "target_source": np.int32(tsrc)}
+
+
+def degradation_id(name):
+    """The id of a degradation name; pairs of an unnamed degradation (a user's folders) are CUSTOM."""
+    return DEGRADATION_IDS.get(name, DegradationId.CUSTOM) if name else DegradationId.CUSTOM
 
 
 def paired_images(num_images, fraction, seed):
@@ -122,18 +258,32 @@ def paired_images(num_images, fraction, seed):
     return np.sort(np.random.default_rng(seed).permutation(num_images)[:round(fraction * num_images)])
 
 
-def train_dataset(config, images, process_index=0, process_count=1):
-    """An endless grain IterDataset of this process's batches (global batch / process count samples each)."""
+def _component_dataset(config, source, names, probs, seed):
     d = config.data
-    names = degradation_names(d)
+    source = _fit(source, d.patch_size, "patch_size")
+    fraction = 0.0 if source.kind == "unpaired" else d.paired_fraction
+    paired = paired_images(len(source), fraction, seed)
+    if len(paired) < len(source) and source.kind != "unpaired" and len(source) < 2:
+        raise ValueError("unpaired training needs at least two training images (a target from another image)")
+    return (grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat(None)
+            .random_map(TrainSample(source, names, degradation_params(d), d.patch_size, paired, probs)))
+
+
+def train_dataset(config, components=None, process_index=0, process_count=1):
+    """An endless grain IterDataset of this process's batches (global batch / process count samples each).
+
+    `components`: [(source, synthetic degradation names, their probabilities or None, weight)], by default
+    `sources.train_components(config.data)`. Several components are interleaved in proportion to their weights
+    (grain's deterministic `mix`)."""
+    d = config.data
     if d.batch_size % process_count:
         raise ValueError(f"config.data.batch_size={d.batch_size} is not divisible by the {process_count} processes")
-    _check_sizes(images, d.patch_size, "patch_size")
-    paired = paired_images(len(images), d.paired_fraction, config.seed)
-    if len(paired) < len(images) and len(images) < 2:
-        raise ValueError("unpaired training needs at least two training images (a target from another image)")
-    ds = (grain.MapDataset.range(len(images)).seed(config.seed).shuffle().repeat(None)
-          .random_map(TrainSample(images, names, degradation_params(d), d.patch_size, paired)))
+    components = train_components(d) if components is None else components
+    datasets, weights = [], []
+    for i, (source, names, probs, weight) in enumerate(components):
+        datasets.append(_component_dataset(config, source, names, probs, config.seed + i))
+        weights.append(weight)
+    ds = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, weights)
     # Process p takes the p-th contiguous share of each global batch, so the global batch (shares concatenated
     # in process order) holds the same samples in the same order as on one process.
     ds = ds.batch(d.batch_size // process_count, drop_remainder=True)[process_index::process_count]
@@ -144,20 +294,49 @@ def train_dataset(config, images, process_index=0, process_count=1):
     return it
 
 
-def eval_set(config, images):
-    """The fixed held-out set: `data.eval_crops` crops per image, each degraded by every training degradation.
-    Returns NumPy arrays `degraded`, `target` [N, S, S, 3], `de_id` [N] and the list of degradation names."""
-    d = config.data
-    names, params = degradation_names(d), degradation_params(d)
-    _check_sizes(images, d.eval_size, "eval_size")
-    degraded, target, used = [], [], []
-    for i, (_, img) in enumerate(images):
-        for j in range(d.eval_crops):
-            for k, name in enumerate(names):
+class EvalSet:
+    """The fixed held-out set, random access: item i -> {"degraded", "target": float32 [H, W, 3], "name",
+    "degradation"}; `shapes[i]` is its (H, W), known without decoding.
+
+    A clean source is degraded by each of its synthetic degradations with a fixed seed (not the run's): as
+    `data.eval_crops` crops of `data.eval_size` per image when the source is the embedded photographs or a clean
+    folder and eval_crops > 0, else at full resolution. A paired source is its test split at full resolution."""
+
+    def __init__(self, config, components=None):
+        d = config.data
+        self.params = degradation_params(d)
+        self.items, self.shapes = [], []
+        components = eval_components(d) if components is None else components
+        for c, (source, names) in enumerate(components):
+            crops = d.eval_crops if source.kind == "clean" and getattr(source, "croppable", False) else 0
+            if crops:
+                source = _fit(source, d.eval_size, "eval_size")
+            for i in range(len(source)):
+                for j in range(max(crops, 1)):
+                    for k, name in enumerate(names or (source.degradation,)):
+                        self.items.append((source, i, j if crops else None, k, name))
+                        self.shapes.append((d.eval_size,) * 2 if crops else tuple(source.sizes[i]))
+        if d.eval_limit:
+            self.items, self.shapes = self.items[:d.eval_limit], self.shapes[:d.eval_limit]
+        self.degradations = [item[4] or "custom" for item in self.items]
+        self.eval_size = d.eval_size
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        source, i, j, k, name = self.items[index]
+        record = source[i]
+        if source.kind == "clean":
+            img = _float(record["target"])
+            if j is None:
+                rng = np.random.default_rng([EVAL_SEED, i, k])
+                degraded = degradations.degrade(name, img, rng, **self.params.get(name, {}))
+                target = img
+            else:
                 rng = np.random.default_rng([EVAL_SEED, i, j, k])
-                x, y = degrade_crop(img, d.eval_size, name, rng, params)
-                degraded.append(x)
-                target.append(y)
-                used.append(name)
-    return {"degraded": np.stack(degraded).astype(np.float32), "target": np.stack(target).astype(np.float32),
-            "de_id": np.array([DEGRADATION_IDS[n] for n in used], np.int32), "names": used}
+                degraded, target = degrade_crop(img, self.eval_size, name, rng, self.params)
+        else:
+            degraded, target = _float(record["degraded"]), _float(record["target"])
+        return {"degraded": np.asarray(degraded, np.float32), "target": np.asarray(target, np.float32),
+                "name": record["name"], "degradation": self.degradations[index]}

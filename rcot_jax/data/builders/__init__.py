@@ -1,0 +1,227 @@
+"""The paper's datasets as TFDS datasets: one generic builder, one layout spec per dataset.
+
+None of these datasets is in the TFDS catalogue; their authors distribute them by hand (README, "Data"). A user
+downloads one, points `--manual_dir` at it and runs `python -m rcot_jax.prepare --dataset=NAME --manual_dir=DIR
+--data_dir=DIR`. The builder `rcot_images` has one config per dataset (`rcot_images/gopro`, ...). Records hold the
+images encoded as given (PNG/JPEG bytes; DIV2K's low-resolution inputs are bicubic-upsampled to the target size,
+as RCOT trains SR, and stored as PNG), the name and the size. Every image is fully decoded once while preparing, so
+a prepared dataset holds no unreadable file. Reading needs no TensorFlow: `tfds.data_source` (ArrayRecord), the
+images decoded by `rcot_jax.data.sources.decode_image`.
+
+Preparation writes into a temporary folder under `data_dir` and renames the finished dataset into place, with an
+index of every record's name and size (`rcot_index.json`): an interrupted or failed preparation leaves nothing
+that loads.
+"""
+import dataclasses
+import io
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+from PIL import Image
+
+from rcot_jax.data import degradations, sources
+
+BUILDER = "rcot_images"
+VERSION = "1.0.0"
+INDEX = "rcot_index.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where a dataset's images are under its manual_dir. `splits`: split -> (folder, degraded template, target
+    template) for paired data (templates as in `config.data.match`, relative to the folder, without extension), or
+    split -> (folder,) for clean images (every image under it)."""
+    degradation: str | None      # the degradation the pairs show; None: clean images, degraded on the fly
+    splits: dict
+    homepage: str
+    layout: str                  # the folders a user arranges, for the README and the error messages
+    scale: int = 1               # degraded images are this much smaller than their targets (upsampled here)
+
+
+LAYOUTS = {
+    "gopro": Layout("blur", {"train": ("train", "{seq}/blur/{id}", "{seq}/sharp/{id}"),
+                             "test": ("test", "{seq}/blur/{id}", "{seq}/sharp/{id}")},
+                    "https://seungjunnah.github.io/Datasets/gopro",
+                    "train/GOPR*/blur/*.png, train/GOPR*/sharp/*.png, test/... the same"),
+    "rain100l": Layout("rain", {"train": ("train", "rainy/rain-{id}", "norain/norain-{id}"),
+                                "test": ("test", "rainy/rain-{id}", "norain/norain-{id}")},
+                       "https://github.com/hezhangsprinter/ID-CGAN (Rain100L, via PromptIR's links)",
+                       "train/rainy/rain-N.png, train/norain/norain-N.png, test/... the same"),
+    "rain100h": Layout("rain", {"train": ("train", "rainy/rain-{id}", "norain/norain-{id}"),
+                                "test": ("test", "rainy/rain-{id}", "norain/norain-{id}")},
+                       "https://www.icst.pku.edu.cn/struct/Projects/joint_rain_removal.html",
+                       "train/rainy/rain-N.png, train/norain/norain-N.png, test/... the same"),
+    "reside_ots": Layout("haze", {"train": ("", "hazy/{id}_{beta}_{a}", "clear/{id}")},
+                         "https://sites.google.com/view/reside-dehaze-datasets",
+                         "hazy/0025_0.8_0.04.jpg, clear/0025.jpg"),
+    "sots_outdoor": Layout("haze", {"test": ("", "hazy/{id}_{beta}_{a}", "gt/{id}")},
+                           "https://sites.google.com/view/reside-dehaze-datasets",
+                           "hazy/0001_0.8_0.2.jpg, gt/0001.png"),
+    "lol": Layout("lowlight", {"train": ("our485", "low/{id}", "high/{id}"),
+                               "test": ("eval15", "low/{id}", "high/{id}")},
+                  "https://daooshee.github.io/BMVC2018website/",
+                  "our485/low/N.png, our485/high/N.png, eval15/low/N.png, eval15/high/N.png"),
+    "bsd400_wed": Layout(None, {"train": ("",)}, "BSD400 + Waterloo Exploration Database (PromptIR's links)",
+                         "any folders of clean images, e.g. BSD400/*.jpg, WED/*.bmp"),
+    "cbsd68": Layout(None, {"test": ("",)}, "https://github.com/clausmichele/CBSD68-dataset",
+                     "CBSD68/*.png (clean originals)"),
+    "kodak24": Layout(None, {"test": ("",)}, "https://r0k.us/graphics/kodak/", "kodim01.png ... kodim24.png"),
+    "div2k_x4": Layout("sr_x4", {"train": ("", "DIV2K_train_LR_bicubic/X4/{id}x4", "DIV2K_train_HR/{id}"),
+                                 "test": ("", "DIV2K_valid_LR_bicubic/X4/{id}x4", "DIV2K_valid_HR/{id}")},
+                       "https://data.vision.ee.ethz.ch/cvl/DIV2K/",
+                       "DIV2K_train_HR/0001.png, DIV2K_train_LR_bicubic/X4/0001x4.png, DIV2K_valid_... the same",
+                       scale=4),
+}
+
+
+def _check_name(name):
+    if name not in LAYOUTS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(LAYOUTS)}")
+    return LAYOUTS[name]
+
+
+def split_entries(layout, split, manual_dir, bad_files):
+    """[(target path, degraded path or None, name)] of a split, checked from the file headers."""
+    folder = os.path.join(manual_dir, layout.splits[split][0])
+    if len(layout.splits[split]) == 1:
+        return [(path, None, name) for path, _, name, _ in sources.clean_folder(folder, bad_files, "manual_dir").entries]
+    _, d_template, t_template = layout.splits[split]
+    found = sources.list_images(folder, "manual_dir")
+    problems = sources.Problems(bad_files, f"--manual_dir={manual_dir} ({split})")
+    pairs = sources.pair_up(found, found, folder, folder, d_template, t_template, problems, layout.scale)
+    problems.settle()
+    if not pairs:
+        raise sources.ImageError(f"--manual_dir={manual_dir}: no {split} pairs; expected {layout.layout}")
+    return [(t, d, name) for t, d, name, _ in pairs]
+
+
+def _encoded(path, name, target_hw=None):
+    """The file's bytes (after checking that they decode), or, with target_hw, the image upsampled to it as PNG."""
+    img = sources.decode_image(path, name)
+    if target_hw is None or img.shape[:2] == tuple(target_hw):
+        with open(path, "rb") as f:
+            return f.read(), img.shape[:2]
+    up = degradations.bicubic_resize(img.astype(np.float32) / 255.0, tuple(target_hw))
+    buf = io.BytesIO()
+    Image.fromarray(np.round(np.clip(up, 0, 1) * 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue(), tuple(target_hw)
+
+
+def _builder_class():
+    import tensorflow_datasets as tfds
+
+    class RcotImages(tfds.core.GeneratorBasedBuilder):
+        """Image restoration datasets, paired or clean, prepared from their authors' files (see LAYOUTS)."""
+        VERSION = tfds.core.Version(VERSION)
+        BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=n, description=f"{l.homepage}; layout: {l.layout}")
+                           for n, l in LAYOUTS.items()]
+        MANUAL_DOWNLOAD_INSTRUCTIONS = "Download the dataset from its authors (rcot_jax README, 'Data')."
+        code_path = None    # no checksums file (nothing is downloaded); also spares tfds its package-path lookup
+
+        def __init__(self, *, bad_files="error", **kwargs):
+            self._bad_files = bad_files
+            super().__init__(**kwargs)
+
+        def _info(self):
+            layout = LAYOUTS[self.builder_config.name]
+            features = {"target": tfds.features.Tensor(shape=(), dtype=np.object_), "name": tfds.features.Text(),
+                        "height": tfds.features.Scalar(np.int32), "width": tfds.features.Scalar(np.int32)}
+            if layout.degradation:
+                features["degraded"] = tfds.features.Tensor(shape=(), dtype=np.object_)
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features),
+                                         homepage=layout.homepage,
+                                         metadata=tfds.core.MetadataDict(degradation=layout.degradation))
+
+        def _split_generators(self, dl_manager):
+            layout = LAYOUTS[self.builder_config.name]
+            manual = os.fspath(dl_manager.manual_dir)
+            return {split: self._generate_examples(split_entries(layout, split, manual, self._bad_files))
+                    for split in layout.splits}
+
+        def _generate_examples(self, entries):
+            for target, degraded, name in entries:
+                t_bytes, hw = _encoded(target, name)
+                example = {"target": t_bytes, "name": name, "height": hw[0], "width": hw[1]}
+                if degraded is not None:
+                    example["degraded"] = _encoded(degraded, name, hw)[0]
+                yield name, example
+
+    return RcotImages
+
+
+def prepare(name, manual_dir, data_dir, bad_files="error"):
+    """Prepares dataset `name` from `manual_dir` into `data_dir`/rcot_images/NAME/1.0.0; returns that path."""
+    import tensorflow_datasets as tfds
+    layout = _check_name(name)
+    if not os.path.isdir(manual_dir):
+        raise ValueError(f"--manual_dir={manual_dir!r} does not exist; expected {layout.layout}")
+    final = os.path.join(data_dir, BUILDER, name, VERSION)
+    if os.path.exists(final):
+        raise FileExistsError(f"{final} already exists; delete it to prepare {name} again")
+    os.makedirs(data_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}-preparing-", dir=data_dir)
+    try:
+        builder = _builder_class()(config=name, data_dir=tmp, file_format="array_record", bad_files=bad_files)
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        built = os.path.join(tmp, BUILDER, name, VERSION)
+        index = {}
+        for split in layout.splits:
+            src = tfds.data_source(f"{BUILDER}/{name}", split=split, data_dir=tmp)
+            index[split] = [[r["name"].decode(), int(r["height"]), int(r["width"])] for r in
+                            (src[i] for i in range(len(src)))]
+        with open(os.path.join(built, INDEX), "w") as f:
+            json.dump(index, f)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        os.rename(built, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+class TfdsSource:
+    """A split of a prepared dataset as a source (see `rcot_jax.data.sources`)."""
+    croppable, targets = False, None
+
+    def __init__(self, name, split, data_dir=None, _state=None):
+        if _state is not None:
+            self.__dict__.update(_state)
+            return
+        import tensorflow_datasets as tfds
+        layout = _check_name(name)
+        data_dir = data_dir or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
+        root = os.path.join(data_dir, BUILDER, name, VERSION)
+        if not os.path.exists(os.path.join(root, INDEX)):
+            raise FileNotFoundError(f"config.data.name={name!r}: no prepared dataset at {root} (prepare it with "
+                                    f"python -m rcot_jax.prepare --dataset={name} --manual_dir=DIR "
+                                    f"--data_dir={data_dir})")
+        with open(os.path.join(root, INDEX)) as f:
+            index = json.load(f)
+        if split not in index:
+            raise ValueError(f"config.data.name={name!r} has no split {split!r}; it has {sorted(index)}")
+        self.kind = "paired" if layout.degradation else "clean"
+        self.degradation = layout.degradation
+        self._source = tfds.data_source(f"{BUILDER}/{name}", split=split, data_dir=data_dir)
+        self.names = [n for n, _, _ in index[split]]
+        self.sizes = [(h, w) for _, h, w in index[split]]
+        self._indices = list(range(len(self.names)))
+
+    def __len__(self):
+        return len(self._indices)
+
+    def __getitem__(self, index):
+        raw = self._source[self._indices[index]]
+        name = raw["name"].decode()
+        record = {"name": name, "target": sources.decode_image(raw["target"], f"{name} (target)")}
+        if "degraded" in raw:
+            record["degraded"] = sources.decode_image(raw["degraded"], name)
+        return record
+
+    def keep(self, indices):
+        out = TfdsSource(None, None, _state=dict(self.__dict__))
+        out._indices = [self._indices[i] for i in indices]
+        out.names = [self.names[i] for i in indices]
+        out.sizes = [self.sizes[i] for i in indices]
+        return out

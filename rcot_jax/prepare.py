@@ -1,0 +1,28 @@
+"""Prepare one of the paper's datasets from its authors' files:
+`python -m rcot_jax.prepare --dataset=gopro --manual_dir=DIR --data_dir=DIR`, then train on it with
+`--config.data.source=tfds --config.data.name=gopro --config.data.data_dir=DIR`. Layouts: README, "Data", and
+`rcot_jax.data.builders.LAYOUTS`.
+"""
+from absl import app, flags, logging
+
+from rcot_jax.data import builders
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("dataset", None, list(builders.LAYOUTS), "The dataset to prepare.")
+flags.DEFINE_string("manual_dir", None, "The folder holding the downloaded dataset, as its layout expects.")
+flags.DEFINE_string("data_dir", None, "Where prepared datasets live (the training config's data.data_dir).")
+flags.DEFINE_enum("bad_files", "error", ["error", "skip"], "Unreadable, unmatched or mis-sized files: stop with "
+                  "an error naming them, or skip them (logged).")
+flags.mark_flags_as_required(["dataset", "manual_dir", "data_dir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    path = builders.prepare(FLAGS.dataset, FLAGS.manual_dir, FLAGS.data_dir, FLAGS.bad_files)
+    logging.info("Prepared %s in %s; train with --config.data.source=tfds --config.data.name=%s "
+                 "--config.data.data_dir=%s", FLAGS.dataset, path, FLAGS.dataset, FLAGS.data_dir)
+
+
+if __name__ == "__main__":
+    app.run(main)
