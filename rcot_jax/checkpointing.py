@@ -2,32 +2,45 @@
 
 Layout: `<workdir>/checkpoints/<step>/{state, data}`. Saves are asynchronous (training continues while the
 arrays are written) and atomic: Orbax writes into a temporary directory and renames it when complete, so a
-run killed mid-save leaves the previous checkpoints intact and the partial one is never restored.
+run killed mid-save leaves the previous checkpoints intact and the partial one is never restored. A save that
+fails (a full disk, a read-only directory) raises `CheckpointSaveError` at the next `save`, `raise_if_failed` or
+`wait`, after removing its partial directory.
 """
+import glob
 import os
+import shutil
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 
 
-class Checkpointer:
-    """Keeps the last `keep` checkpoints of one run in `directory`."""
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written; the earlier ones are intact."""
 
-    def __init__(self, directory, keep):
+
+class Checkpointer:
+    """Keeps the last `keep` checkpoints of one run in `directory` (created on the first save unless `create`
+    is False: `--mode=eval` only reads)."""
+
+    def __init__(self, directory, keep, create=True):
         self.directory = os.path.abspath(directory)
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True))
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=True))
+        self._saving = None    # the step of the save in flight
 
     def latest_step(self):
         return self.manager.latest_step()
 
     def save(self, step, state, data_iterator):
         """Starts an asynchronous save (waiting for the previous one first); the iterator's position is read
-        now, before training moves on."""
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
+        now, before training moves on. Raises `CheckpointSaveError` if the previous save failed."""
+        with _SaveFailure(self, step):
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)),
+                force=True)
+            self._saving = step
 
     def restore(self, step, abstract_state, data_iterator):
         """The state saved at `step` (placed as `abstract_state`'s shardings); restores the iterator in place."""
@@ -40,11 +53,42 @@ class Checkpointer:
                              f"patch size, optimiser or data pipeline changed?): {e}") from e
         return restored.state
 
+    def raise_if_failed(self):
+        """Raises `CheckpointSaveError` if the save in flight has finished and failed."""
+        if self._saving is not None and not self.manager.is_saving_in_progress():
+            self.wait()
+
     def wait(self):
-        self.manager.wait_until_finished()
+        with _SaveFailure(self, self._saving):
+            self.manager.wait_until_finished()
+        self._saving = None
 
     def close(self):
         self.manager.close()
+
+
+class _SaveFailure:
+    """Turns an error of the save in flight (or of starting the save of `step`) into one `CheckpointSaveError`
+    naming the directory."""
+
+    def __init__(self, checkpointer, step):
+        self.checkpointer, self.step = checkpointer, step
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        ckpt = self.checkpointer
+        if error is None or not isinstance(error, (OSError, ValueError, RuntimeError)):
+            return False
+        step = self.step if ckpt._saving is None else ckpt._saving
+        ckpt._saving = None
+        for partial in glob.glob(os.path.join(ckpt.directory, "*.orbax-checkpoint-tmp*")):
+            shutil.rmtree(partial, ignore_errors=True)
+        reason = str(error).split("\n")[0]
+        raise CheckpointSaveError(
+            f"saving checkpoint {step} to {ckpt.directory} failed, so training stopped (the latest checkpoint "
+            f"is still {ckpt.manager.latest_step()}): {reason}") from None
 
 
 def abstract_like(state, sharding):

@@ -1,0 +1,101 @@
+"""The workdir's record of its launches: `config.json` (the latest launch's resolved config) and
+`config_history/<UTC time>-step<N>.json` (every launch's, N the step it started from), and the config that
+`--mode=eval` evaluates a workdir with (its run's config, command-line overrides on top)."""
+import datetime
+import json
+import os
+import pathlib
+
+import ml_collections
+
+CONFIG = "config.json"
+HISTORY = "config_history"
+# Keys that decide the shapes of the checkpointed state: evaluating a run with other values cannot restore it.
+STATE_KEYS = ("model", "data.patch_size")
+
+
+def write_atomic(path, write):
+    """write(tmp) then rename onto `path`: readers never see a partial file."""
+    tmp = f"{path}.tmp"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def record_config(workdir, config, first_step, now=None):
+    """Writes this launch's config as `config.json` and into the dated history."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    text = config.to_json_best_effort(indent=2)
+    os.makedirs(os.path.join(workdir, HISTORY), exist_ok=True)
+    dated = os.path.join(workdir, HISTORY, f"{now:%Y%m%dT%H%M%SZ}-step{first_step}.json")
+    for path in (dated, os.path.join(workdir, CONFIG)):
+        write_atomic(path, lambda tmp: pathlib.Path(tmp).write_text(text))
+
+
+def read_run_config(workdir):
+    """The workdir's `config.json` as a dict, None if there is none."""
+    path = os.path.join(workdir, CONFIG)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _typed_like(reference, value):
+    """JSON turned tuples into lists; give them back the config file's type."""
+    return tuple(value) if isinstance(reference, tuple) and isinstance(value, list) else value
+
+
+def _overlay(config, values, prefix=""):
+    """Sets `values` (a nested dict) on `config` in place, for the keys the config has; returns the others."""
+    unknown = []
+    for key, value in values.items():
+        if key not in config:
+            unknown.append(prefix + key)
+        elif isinstance(config[key], ml_collections.ConfigDict) and isinstance(value, dict):
+            unknown += _overlay(config[key], value, f"{prefix}{key}.")
+        else:
+            config[key] = _typed_like(config[key], value)
+    return unknown
+
+
+def _get(tree, dotted):
+    for key in dotted.split("."):
+        tree = tree[key]
+    return tree
+
+
+def _as_json(value):
+    """`value` as config.json holds it (tuples as lists, ConfigDicts as dicts)."""
+    return json.loads(json.dumps(value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value))
+
+
+def _changes_state(key):
+    return any(key == k or key.startswith(k + ".") for k in STATE_KEYS)
+
+
+def eval_config(config, run_config, overrides):
+    """The run's config (`run_config`: its config.json) with the command-line `overrides` ({dotted key: value})
+    on top; the config file's `config` gives the types, and the values of keys the run's config lacks. Raises
+    ValueError naming an override that changes the shapes of the checkpointed state. Returns (config, the
+    run's keys that this version does not know)."""
+    merged = ml_collections.ConfigDict(config.to_dict())
+    unknown = _overlay(merged, run_config)
+    for key, value in overrides.items():
+        parent, _, leaf = key.rpartition(".")
+        (_get(merged, parent) if parent else merged)[leaf] = value
+        if _changes_state(key) and _as_json(value) != _get(run_config, key):
+            raise ValueError(f"--config.{key}={value!r}: the run in this workdir was trained with {key}="
+                             f"{_get(run_config, key)!r}; its checkpoint restores only with the same value")
+    return merged, unknown
+
+
+def changed_keys(config, reference, prefix=""):
+    """{dotted key: value} of the leaves where `config` differs from `reference` (both ConfigDicts)."""
+    changed = {}
+    for key in config:
+        value, ref = config[key], (reference[key] if key in reference else None)
+        if isinstance(value, ml_collections.ConfigDict) and isinstance(ref, ml_collections.ConfigDict):
+            changed.update(changed_keys(value, ref, f"{prefix}{key}."))
+        elif _as_json(value) != _as_json(ref):
+            changed[prefix + key] = value
+    return changed
