@@ -23,6 +23,7 @@ setup(
         "pillow",
         "scipy",
         "scikit-image>=0.22",   # the embedded sample photographs
+        "safetensors>=0.4",     # official weights in and out (rcot_jax.convert)
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist", "torch==2.13.0"],

@@ -1,0 +1,78 @@
+"""Official RCOT weights in and out.
+
+  # an official checkpoint (the trainer's {'epoch', 'Tnet', 'Fnet'}, a state dict, .safetensors) -> a run
+  python -m rcot_jax.convert --checkpoint=model.pth --config=configs/derain.py --workdir=W
+  python -m rcot_jax.main --config=configs/derain.py --workdir=W --mode=eval     # evaluate it
+  python -m rcot_jax.main --config=configs/derain.py --workdir=W2 --config.init_from=W   # fine-tune from it
+  # the latest checkpoint of a run -> official state dicts: model.pth (T_net) and model_Fnet.pth (F_net)
+  python -m rcot_jax.convert --export=model.pth --config=configs/derain.py --workdir=W
+
+The config must describe the checkpoint's networks (`model.backbone`, widths, `data.patch_size` for the
+critic; `model.critic_fc_features=2048` with patch 256 for the MPRNet file's critic). A map-only checkpoint
+gets a freshly initialised critic.
+"""
+import os
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from rcot_jax import configs, steps
+from rcot_jax.checkpointing import Checkpointer
+from rcot_jax.data import pipeline
+from rcot_jax.weights import checkpoints, files
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config describing the networks (configs/<task>.py[:variant]).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory to write (import) or read (export).")
+flags.DEFINE_multi_string("checkpoint", [], "Official checkpoint file(s) to import (map and critic).")
+flags.DEFINE_string("export", None, "Write the workdir's latest checkpoint as official state dicts: this path "
+                    "(.pth/.pt or .safetensors) for T_net and <stem>_Fnet<ext> for F_net.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def fresh_state(config):
+    return jax.jit(lambda: steps.create_train_state(config, jax.random.split(jax.random.key(config.seed))[0]))()
+
+
+def import_official(config, paths, workdir):
+    t_params, f_params = checkpoints.official_to_params(config, paths)
+    if f_params is None:
+        logging.warning("%s holds no critic; F is freshly initialised", ", ".join(paths))
+    state = checkpoints.with_params(config, fresh_state(config), t_params, f_params)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+    try:
+        if ckpt.latest_step() is not None:
+            raise FileExistsError(f"{ckpt.directory} already holds checkpoints; convert into a new workdir")
+        data_iter = iter(pipeline.train_dataset(config))
+        ckpt.save(0, state, data_iter)
+        ckpt.wait()
+    finally:
+        ckpt.close()
+    logging.info("Wrote %s/0", ckpt.directory)
+
+
+def export_official(config, workdir, path):
+    state = checkpoints.init_from(workdir, fresh_state(config))
+    t_sd, f_sd = checkpoints.params_to_official(config, state)
+    stem, ext = os.path.splitext(path)
+    for target, sd in ((path, t_sd), (f"{stem}_Fnet{ext}", f_sd)):
+        files.write(target, sd)
+        logging.info("Wrote %s (%d tensors)", target, len(sd))
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if bool(FLAGS.export) == bool(FLAGS.checkpoint):
+        raise app.UsageError("give either --checkpoint (import) or --export (export)")
+    if FLAGS.export:
+        export_official(FLAGS.config, FLAGS.workdir, FLAGS.export)
+    else:
+        import_official(FLAGS.config, FLAGS.checkpoint, os.path.abspath(FLAGS.workdir))
+
+
+if __name__ == "__main__":
+    app.run(main, argv=configs.resolve_argv(sys.argv))

@@ -1,0 +1,77 @@
+"""Official checkpoints <-> rcot_jax run directories (Orbax), and converted parameters as a fresh run's start.
+
+A converted checkpoint is an ordinary training checkpoint at step 0 (`<workdir>/checkpoints/0`): fresh
+optimiser states, the data iterator at its start. `--mode=eval` evaluates it, training from that workdir
+fine-tunes it, and `config.init_from=<workdir>` starts another run from its parameters.
+"""
+import os
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+from rcot_jax import optim, steps
+from rcot_jax.weights import files, mapping
+from rcot_jax.weights.torch_format import WeightsError
+
+
+def official_to_params(config, paths):
+    """(T params, F params or None) of the networks `config` builds, from official checkpoint file(s)."""
+    t_model, f_model = steps.build_models(config)
+    t_sd, f_sd, sources = files.networks(paths)
+    if t_sd is None:
+        raise WeightsError(f"{', '.join(map(str, paths))}: no transport map (T_net) state dict found")
+    t_params = mapping.to_params(t_sd, t_model, mapping.abstract_params(t_model), sources["map"])
+    f_params = None
+    if f_sd is not None:
+        f_abstract = mapping.abstract_params(f_model, config.data.patch_size)
+        f_params = mapping.to_params(f_sd, f_model, f_abstract, sources["critic"])
+    return t_params, f_params
+
+
+def with_params(config, state, t_params, f_params=None):
+    """`state` with T's (and F's, when given) parameters replaced and both optimiser states started afresh."""
+    t_opt, f_opt = optim.make_optimizers(config)
+    t_params = {"params": t_params}
+    f_params = state.f_params if f_params is None else {"params": f_params}
+    return state.replace(t_params=t_params, f_params=f_params, t_opt_state=t_opt.init(t_params),
+                         f_opt_state=f_opt.init(f_params))
+
+
+def params_to_official(config, state, seed=0):
+    """(T's official state dict, F's official state dict) of a train state."""
+    t_model, f_model = steps.build_models(config)
+    return (mapping.from_params(jax.device_get(state.t_params["params"]), t_model, seed),
+            mapping.from_params(jax.device_get(state.f_params["params"]), f_model, seed))
+
+
+def checkpoint_dir(path):
+    """The Orbax step directory that `path` (a workdir, its `checkpoints/` or one step of it) stands for: the
+    latest step."""
+    path = os.path.abspath(path)
+    if os.path.isdir(os.path.join(path, "state")):
+        return path
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        path = os.path.join(path, "checkpoints")
+    step_dirs = [d for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
+    if not step_dirs:
+        raise FileNotFoundError(f"config.init_from={path}: no Orbax checkpoint (a workdir, its checkpoints/ "
+                                "or a step directory)")
+    return os.path.join(path, max(step_dirs, key=int))
+
+
+def init_from(path, state):
+    """`state` (a fresh train state) with the T and F parameters of the checkpoint at `path` (see
+    `checkpoint_dir`), placed like `state`'s; step and optimiser states stay fresh."""
+    directory = checkpoint_dir(path)
+    target = {"t_params": state.t_params, "f_params": state.f_params}
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
+    try:
+        with ocp.PyTreeCheckpointer() as ckpt:
+            restored = ckpt.restore(os.path.join(directory, "state"), args=ocp.args.PyTreeRestore(
+                item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                partial_restore=True))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"config.init_from={path}: its parameters do not fit this config's networks: {e}") from e
+    logging.info("Initialised T and F from %s", directory)
+    return state.replace(**restored)
