@@ -33,21 +33,16 @@ flags.DEFINE_string("export", None, "Write the workdir's latest checkpoint as of
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def fresh_state(config):
-    return jax.jit(lambda: steps.create_train_state(config, jax.random.split(jax.random.key(config.seed))[0]))()
-
-
 def import_official(config, paths, workdir):
     t_params, f_params = checkpoints.official_to_params(config, paths)
     if f_params is None:
         logging.warning("%s holds no critic; F is freshly initialised", ", ".join(paths))
-    state = checkpoints.with_params(config, fresh_state(config), t_params, f_params)
+    state = checkpoints.state_from_params(config, t_params, f_params)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
     try:
         if ckpt.latest_step() is not None:
             raise FileExistsError(f"{ckpt.directory} already holds checkpoints; convert into a new workdir")
-        data_iter = iter(pipeline.train_dataset(config))
-        ckpt.save(0, state, data_iter)
+        ckpt.save(0, state, iter(pipeline.train_dataset(config)))
         ckpt.wait()
     finally:
         ckpt.close()
@@ -55,8 +50,8 @@ def import_official(config, paths, workdir):
 
 
 def export_official(config, workdir, path):
-    state = checkpoints.init_from(workdir, fresh_state(config))
-    t_sd, f_sd = checkpoints.params_to_official(config, state)
+    abstract = jax.eval_shape(lambda: steps.create_train_state(config, jax.random.key(0)))
+    t_sd, f_sd = checkpoints.params_to_official(config, checkpoints.init_from(workdir, abstract))
     stem, ext = os.path.splitext(path)
     for target, sd in ((path, t_sd), (f"{stem}_Fnet{ext}", f_sd)):
         files.write(target, sd)

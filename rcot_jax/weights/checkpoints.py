@@ -7,10 +7,12 @@ fine-tunes it, and `config.init_from=<workdir>` starts another run from its para
 import os
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 
 from rcot_jax import optim, steps
+from rcot_jax.state import RCOTState
 from rcot_jax.weights import files, mapping
 from rcot_jax.weights.torch_format import WeightsError
 
@@ -29,13 +31,18 @@ def official_to_params(config, paths):
     return t_params, f_params
 
 
-def with_params(config, state, t_params, f_params=None):
-    """`state` with T's (and F's, when given) parameters replaced and both optimiser states started afresh."""
+def state_from_params(config, t_params, f_params=None):
+    """A step-0 train state holding these parameters (a fresh critic when `f_params` is None) and fresh
+    optimiser states; only a missing critic is initialised, so no map forward pass is compiled."""
+    _, f_model = steps.build_models(config)
+    if f_params is None:
+        p = config.data.patch_size
+        f_params = jax.jit(f_model.init)(jax.random.split(jax.random.key(config.seed))[1],
+                                         jnp.zeros((1, p, p, 3)))["params"]
     t_opt, f_opt = optim.make_optimizers(config)
-    t_params = {"params": t_params}
-    f_params = state.f_params if f_params is None else {"params": f_params}
-    return state.replace(t_params=t_params, f_params=f_params, t_opt_state=t_opt.init(t_params),
-                         f_opt_state=f_opt.init(f_params))
+    t_params, f_params = jax.device_put(({"params": t_params}, {"params": f_params}))
+    return RCOTState(step=jnp.zeros((), jnp.int32), t_params=t_params, f_params=f_params,
+                     t_opt_state=t_opt.init(t_params), f_opt_state=f_opt.init(f_params))
 
 
 def params_to_official(config, state, seed=0):
@@ -61,11 +68,13 @@ def checkpoint_dir(path):
 
 
 def init_from(path, state):
-    """`state` (a fresh train state) with the T and F parameters of the checkpoint at `path` (see
-    `checkpoint_dir`), placed like `state`'s; step and optimiser states stay fresh."""
+    """`state` (a fresh or abstract train state) with the T and F parameters of the checkpoint at `path` (see
+    `checkpoint_dir`), placed like `state`'s (abstract: on the default device); step and optimiser states stay."""
     directory = checkpoint_dir(path)
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = {"t_params": state.t_params, "f_params": state.f_params}
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)
+                                                           or default), target)
     try:
         with ocp.PyTreeCheckpointer() as ckpt:
             restored = ckpt.restore(os.path.join(directory, "state"), args=ocp.args.PyTreeRestore(
