@@ -62,7 +62,9 @@ def get_config(arg=None):
     c.data.data_dir = ""                      # tfds: where it was prepared ('' = TFDS's default)
     c.data.split = "train"
     c.data.eval_split = "test"
-    c.data.eval_limit = 0                     # > 0: evaluate only the first eval_limit held-out images
+    c.data.eval_name = ""                     # tfds: the dataset to evaluate on ('' = data.name), e.g. cbsd68
+                                              # for a bsd400_wed run
+    c.data.eval_limit = 0                     # > 0: evaluate only the first eval_limit held-out items
     c.data.bad_files = "error"                # unreadable / unmatched files: 'error' (stop, naming them) | 'skip'
     c.data.patch_size = 128                   # the critic only accepts patch_size x patch_size inputs
     c.data.batch_size = 3                     # global, over all devices and processes

@@ -104,7 +104,9 @@ def _main_source(d, split):
         return sources.unpaired_folders(d.degraded_dir, d.target_dir, _task_degradation(d), d.bad_files)
     if d.source == "tfds":
         _need(d, "name")
-        return sources.tfds_source(d.name, d.split if split == "train" else d.eval_split, d.data_dir or None)
+        if split == "train":
+            return sources.tfds_source(d.name, d.split, d.data_dir or None)
+        return sources.tfds_source(d.eval_name or d.name, d.eval_split, d.data_dir or None)
     raise ValueError(f"config.data.source={d.source!r}, expected one of {SOURCES}")
 
 
@@ -127,9 +129,12 @@ def _components(d, split):
         w = np.asarray([w for _, w in synthetic], np.float64)
         probs = None if np.all(w == w[0]) else w / w.sum()     # None: uniform
         out.append((source, tuple(n for n, _ in synthetic), probs, float(w.sum())))
+    tfds_split = d.split if split == "train" else d.eval_split
     for name, w in datasets:
-        out.append((sources.tfds_source(name, d.split if split == "train" else d.eval_split, d.data_dir or None),
-                    (), None, float(w)))
+        if split == "eval" and tfds_split not in sources.tfds_splits(name, d.data_dir or None):
+            logging.info("data.mix: %s has no %r split; it is not evaluated", name, tfds_split)
+            continue
+        out.append((sources.tfds_source(name, tfds_split, d.data_dir or None), (), None, float(w)))
     return out
 
 

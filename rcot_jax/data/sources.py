@@ -90,10 +90,10 @@ def image_size(path):
 class Problems:
     """Collects bad inputs; `settle` raises (policy 'error') or logs what was skipped (policy 'skip')."""
 
-    def __init__(self, policy, what):
+    def __init__(self, policy, what, skip_hint="--config.data.bad_files=skip"):
         if policy not in BAD_FILE_POLICIES:
             raise ValueError(f"config.data.bad_files={policy!r}, expected one of {BAD_FILE_POLICIES}")
-        self.policy, self.what, self.items = policy, what, []
+        self.policy, self.what, self.skip_hint, self.items = policy, what, skip_hint, []
 
     def add(self, message):
         self.items.append(message)
@@ -104,8 +104,7 @@ class Problems:
         shown = "; ".join(self.items[:_SHOWN]) + (f"; ... ({len(self.items) - _SHOWN} more)"
                                                     if len(self.items) > _SHOWN else "")
         if self.policy == "error":
-            raise ImageError(f"{self.what}: {len(self.items)} bad input(s): {shown} (config.data.bad_files='skip' "
-                             "skips them)")
+            raise ImageError(f"{self.what}: {len(self.items)} bad input(s): {shown} ({self.skip_hint} skips them)")
         logging.warning("%s: skipped %d bad input(s): %s", self.what, len(self.items), shown)
 
 
@@ -150,11 +149,10 @@ def _sized(paths, problems):
 
 # ------------------------------------------------------------------------------------------------- sources
 class FileSource:
-    """Records decoded from files (or from encoded bytes): `entries` is [(target, degraded or None, name, (H, W))],
-    `read` turns an entry's target/degraded item into RGB uint8."""
+    """Records decoded from files: `entries` is [(target path, degraded path or None, name, (H, W))]."""
 
-    def __init__(self, entries, kind, degradation=None, read=decode_image, targets=None, croppable=False):
-        self.entries, self.kind, self.degradation, self._read = list(entries), kind, degradation, read
+    def __init__(self, entries, kind, degradation=None, targets=None, croppable=False):
+        self.entries, self.kind, self.degradation = list(entries), kind, degradation
         self.targets, self.croppable = targets, croppable
         self.names = [e[2] for e in self.entries]
         self.sizes = [e[3] for e in self.entries]
@@ -164,23 +162,23 @@ class FileSource:
 
     def __getitem__(self, index):
         target, degraded, name, _ = self.entries[index]
-        record = {"name": name}
+        record = {"name": name}        # decode errors name the file
         if target is not None:
-            record["target"] = self._read(target, name if degraded is None else f"{name} (target)")
+            record["target"] = decode_image(target, target)
         if degraded is not None:
-            record["degraded"] = self._read(degraded, name)
+            record["degraded"] = decode_image(degraded, degraded)
         return record
 
     def keep(self, indices):
         """The same source restricted to `indices` (in that order)."""
-        return FileSource([self.entries[i] for i in indices], self.kind, self.degradation, self._read, self.targets,
+        return FileSource([self.entries[i] for i in indices], self.kind, self.degradation, self.targets,
                           self.croppable)
 
 
-def clean_folder(directory, bad_files="error", key="train_dir"):
+def clean_folder(directory, bad_files="error", key="train_dir", skip_hint="--config.data.bad_files=skip"):
     """Clean images of a folder (recursively); the pipeline degrades them on the fly."""
     found = list_images(directory, key)
-    problems = Problems(bad_files, f"config.data.{key}={directory!r}")
+    problems = Problems(bad_files, f"config.data.{key}={directory!r}", skip_hint)
     sized = _sized([os.path.join(directory, rel) for rel in found.values()], problems)
     problems.settle()
     return FileSource([(p, None, os.path.relpath(p, directory), hw) for p, hw in sized], "clean", croppable=True)
@@ -346,3 +344,9 @@ def tfds_source(name, split, data_dir=None):
     `tfds.data_source`; no TensorFlow): the images are stored encoded and decoded here on access."""
     from rcot_jax.data import builders   # imports tfds only when a prepared dataset is used
     return builders.TfdsSource(name, split, data_dir)
+
+
+def tfds_splits(name, data_dir=None):
+    """The splits of a prepared dataset."""
+    from rcot_jax.data import builders
+    return builders.read_index(name, data_dir)[1].keys()

@@ -13,6 +13,7 @@ index of every record's name and size (`rcot_index.json`): an interrupted or fai
 that loads.
 """
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -27,6 +28,7 @@ from rcot_jax.data import degradations, sources
 BUILDER = "rcot_images"
 VERSION = "1.0.0"
 INDEX = "rcot_index.json"
+_SKIP = "--bad_files=skip"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,10 +89,11 @@ def split_entries(layout, split, manual_dir, bad_files):
     """[(target path, degraded path or None, name)] of a split, checked from the file headers."""
     folder = os.path.join(manual_dir, layout.splits[split][0])
     if len(layout.splits[split]) == 1:
-        return [(path, None, name) for path, _, name, _ in sources.clean_folder(folder, bad_files, "manual_dir").entries]
+        return [(path, None, name) for path, _, name, _ in sources.clean_folder(folder, bad_files, "manual_dir",
+                                                                                        _SKIP).entries]
     _, d_template, t_template = layout.splits[split]
     found = sources.list_images(folder, "manual_dir")
-    problems = sources.Problems(bad_files, f"--manual_dir={manual_dir} ({split})")
+    problems = sources.Problems(bad_files, f"--manual_dir={manual_dir} ({split})", _SKIP)
     pairs = sources.pair_up(found, found, folder, folder, d_template, t_template, problems, layout.scale)
     problems.settle()
     if not pairs:
@@ -98,9 +101,9 @@ def split_entries(layout, split, manual_dir, bad_files):
     return [(t, d, name) for t, d, name, _ in pairs]
 
 
-def _encoded(path, name, target_hw=None):
+def _encoded(path, target_hw=None):
     """The file's bytes (after checking that they decode), or, with target_hw, the image upsampled to it as PNG."""
-    img = sources.decode_image(path, name)
+    img = sources.decode_image(path, path)
     if target_hw is None or img.shape[:2] == tuple(target_hw):
         with open(path, "rb") as f:
             return f.read(), img.shape[:2]
@@ -110,6 +113,7 @@ def _encoded(path, name, target_hw=None):
     return buf.getvalue(), tuple(target_hw)
 
 
+@functools.cache
 def _builder_class():
     import tensorflow_datasets as tfds
 
@@ -143,10 +147,10 @@ def _builder_class():
 
         def _generate_examples(self, entries):
             for target, degraded, name in entries:
-                t_bytes, hw = _encoded(target, name)
+                t_bytes, hw = _encoded(target)
                 example = {"target": t_bytes, "name": name, "height": hw[0], "width": hw[1]}
                 if degraded is not None:
-                    example["degraded"] = _encoded(degraded, name, hw)[0]
+                    example["degraded"] = _encoded(degraded, hw)[0]
                 yield name, example
 
     return RcotImages
@@ -169,7 +173,7 @@ def prepare(name, manual_dir, data_dir, bad_files="error"):
         built = os.path.join(tmp, BUILDER, name, VERSION)
         index = {}
         for split in layout.splits:
-            src = tfds.data_source(f"{BUILDER}/{name}", split=split, data_dir=tmp)
+            src = tfds.builder_from_directory(built).as_data_source(split)
             index[split] = [[r["name"].decode(), int(r["height"]), int(r["width"])] for r in
                             (src[i] for i in range(len(src)))]
         with open(os.path.join(built, INDEX), "w") as f:
@@ -179,6 +183,19 @@ def prepare(name, manual_dir, data_dir, bad_files="error"):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def read_index(name, data_dir=None):
+    """(the prepared dataset's folder, {split: [[name, H, W], ...]}); an error if it was not (fully) prepared."""
+    _check_name(name)
+    data_dir = data_dir or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
+    root = os.path.join(data_dir, BUILDER, name, VERSION)
+    if not os.path.exists(os.path.join(root, INDEX)):
+        raise FileNotFoundError(f"config.data.name={name!r}: no prepared dataset at {root} (prepare it with "
+                                f"python -m rcot_jax.prepare --dataset={name} --manual_dir=DIR "
+                                f"--data_dir={data_dir})")
+    with open(os.path.join(root, INDEX)) as f:
+        return root, json.load(f)
 
 
 class TfdsSource:
@@ -191,19 +208,12 @@ class TfdsSource:
             return
         import tensorflow_datasets as tfds
         layout = _check_name(name)
-        data_dir = data_dir or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
-        root = os.path.join(data_dir, BUILDER, name, VERSION)
-        if not os.path.exists(os.path.join(root, INDEX)):
-            raise FileNotFoundError(f"config.data.name={name!r}: no prepared dataset at {root} (prepare it with "
-                                    f"python -m rcot_jax.prepare --dataset={name} --manual_dir=DIR "
-                                    f"--data_dir={data_dir})")
-        with open(os.path.join(root, INDEX)) as f:
-            index = json.load(f)
+        root, index = read_index(name, data_dir)
         if split not in index:
             raise ValueError(f"config.data.name={name!r} has no split {split!r}; it has {sorted(index)}")
         self.kind = "paired" if layout.degradation else "clean"
         self.degradation = layout.degradation
-        self._source = tfds.data_source(f"{BUILDER}/{name}", split=split, data_dir=data_dir)
+        self._source = tfds.builder_from_directory(root).as_data_source(split)
         self.names = [n for n, _, _ in index[split]]
         self.sizes = [(h, w) for _, h, w in index[split]]
         self._indices = list(range(len(self.names)))
