@@ -7,6 +7,7 @@ fails (a full disk, a read-only directory) raises `CheckpointSaveError` at the n
 `wait`, after removing its partial directory.
 """
 import glob
+import logging
 import os
 import shutil
 
@@ -85,7 +86,8 @@ class _SaveFailure:
         ckpt._saving = None
         for partial in glob.glob(os.path.join(ckpt.directory, "*.orbax-checkpoint-tmp*")):
             shutil.rmtree(partial, ignore_errors=True)
-        reason = str(error).split("\n")[0]
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)   # each failed write's task logs it again when freed
+        reason = str(error).splitlines()[0].rsplit(": ", 1)[-1]     # e.g. 'No space left on device [...]'
         raise CheckpointSaveError(
             f"saving checkpoint {step} to {ckpt.directory} failed, so training stopped (the latest checkpoint "
             f"is still {ckpt.manager.latest_step()}): {reason}") from None

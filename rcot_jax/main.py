@@ -16,6 +16,10 @@ from ml_collections import config_flags
 
 from rcot_jax import configs
 
+# TensorFlow only writes TensorBoard files here: keep its start-up notices (oneDNN, CUDA probing) off the console.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file (configs/<task>.py[:variant]).",
                                 lock_config=True)
