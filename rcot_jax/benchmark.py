@@ -2,6 +2,7 @@
 
   python -m rcot_jax.benchmark --config=configs/benchmark.py:b [--mode=train|restore] [--steps=10]
   python -m rcot_jax.benchmark --config=configs/benchmark.py:a --config.precision=bf16
+  python -m rcot_jax.benchmark --mode=input --config=configs/deblur.py:quick --config.data.source=tfds ...
 
 Times `--steps` calls after a warm-up call (which includes compilation) on synthetic batches of the config's
 size, over all local devices (`--devices=N` for fewer). FLOPs are XLA's cost analysis of the whole global
@@ -24,7 +25,8 @@ from rcot_jax import configs, parallel, steps
 
 config_flags.DEFINE_config_file("config", configs.resolve_path("configs/benchmark.py:b"),
                                 "Config to benchmark (configs/benchmark.py:a|b|c[:bf16]).", lock_config=True)
-flags.DEFINE_enum("mode", "train", ["train", "restore"], "train: the RCOT train step; restore: T's forward.")
+flags.DEFINE_enum("mode", "train", ["train", "restore", "input"], "train: the RCOT train step; restore: T's "
+                  "forward; input: the input pipeline on the config's data source (no device work).")
 flags.DEFINE_integer("steps", 10, "Timed calls after the warm-up call.")
 flags.DEFINE_integer("devices", 0, "Local devices in the mesh (0: all).")
 FLAGS = flags.FLAGS
@@ -114,11 +116,36 @@ def run_benchmark(config, mode="train", num_steps=10, devices=None):
     }
 
 
+def run_input_benchmark(config, num_batches=50):
+    """Throughput of this process's training batches from the config's data source, after 2 warm-up batches
+    (which include opening the source and starting `data.num_workers` workers)."""
+    from rcot_jax.data import pipeline     # the shell: only this mode reads data
+    t0 = time.perf_counter()
+    it = iter(pipeline.train_dataset(config))
+    for _ in range(2):
+        next(it)
+    startup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(num_batches):
+        next(it)
+    elapsed = time.perf_counter() - t0
+    return {
+        "mode": "input", "source": config.data.source, "name": config.data.name, "workers": config.data.num_workers,
+        "batch": config.data.batch_size, "patch": config.data.patch_size, "batches": num_batches,
+        "startup_s": round(startup, 2), "batches_per_s": round(num_batches / elapsed, 2),
+        "patches_per_s": round(num_batches * config.data.batch_size / elapsed, 1),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2),
+    }
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    devices = jax.local_devices()[:FLAGS.devices or None]
-    print(json.dumps(run_benchmark(FLAGS.config, FLAGS.mode, FLAGS.steps, devices)), flush=True)
+    if FLAGS.mode == "input":
+        record = run_input_benchmark(FLAGS.config, FLAGS.steps)
+    else:
+        record = run_benchmark(FLAGS.config, FLAGS.mode, FLAGS.steps, jax.local_devices()[:FLAGS.devices or None])
+    print(json.dumps(record), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,93 @@
+"""Restoring images of any size: tiles vs the whole image, one compilation for every size, modes and bit depths
+kept, unreadable files named and skipped, the command on a trained run."""
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from rcot_jax import inference, metrics, restore, steps, train
+from rcot_jax.configs import denoise
+from rcot_jax.data import degradations
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+@pytest.fixture(scope="module")
+def tiny_map():
+    c = denoise.get_config("tiny")
+    c.model.backbone = "mprnet"
+    t_model, _ = steps.build_models(c)
+    return t_model, steps.create_train_state(c, jax.random.key(0)).t_params
+
+
+def _photo(hw):
+    img = skimage.data.astronaut().astype(np.float32) / 255
+    return degradations.bicubic_resize(img, hw).clip(0, 1)
+
+
+def test_tiles_agree_with_the_whole_image(tiny_map):
+    clean = _photo((750, 1000))
+    noisy = degradations.gaussian_noise(clean, np.random.default_rng(0), 25)
+    whole = inference.Restorer(*tiny_map, tile=0)(noisy)
+    tiled = inference.Restorer(*tiny_map, tile=256, overlap=64)(noisy)
+    assert whole.shape == tiled.shape == clean.shape
+    assert abs(metrics.psnr(tiled, clean) - metrics.psnr(whole, clean)) < 0.05
+
+
+def test_one_compilation_for_every_size_and_the_ensemble(tiny_map):
+    restorer = inference.Restorer(*tiny_map, tile=64, overlap=16, batch_size=8)
+    compiled = restorer.apply._cache_size()         # the jitted map is shared by restorers of the same model
+    for hw in ((40, 30), (100, 64), (64, 130), (77, 91)):
+        assert restorer(_photo(hw)).shape == (*hw, 3)
+    assert restorer.apply._cache_size() <= compiled + 1
+    x = _photo((64, 64))
+    ens = inference.Restorer(*tiny_map, tile=0, ensemble=True)
+    flipped = ens(np.ascontiguousarray(x[::-1]))[::-1]
+    np.testing.assert_allclose(ens(x), flipped, atol=1e-5)     # the ensemble is equivariant to the flips
+
+
+def test_modes_and_bit_depths_round_trip(tiny_map, tmp_path):
+    import tifffile
+    rng = np.random.default_rng(0)
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(rng.integers(0, 256, (40, 50), dtype=np.uint8)).save(src / "grey.png")
+    rgba = rng.integers(0, 256, (40, 50, 4), dtype=np.uint8)
+    Image.fromarray(rgba).save(src / "rgba.png")
+    Image.fromarray(rng.integers(0, 65536, (40, 50), dtype=np.uint16)).save(src / "grey16.png")
+    tifffile.imwrite(src / "rgb16.tif", rng.integers(0, 65536, (40, 50, 3), dtype=np.uint16))
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(src / "photo.jpg")
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    restorer = inference.Restorer(*tiny_map, tile=32, overlap=8)
+    written, kept, failed = restore.restore_files(restorer, restore.list_inputs(str(src)), str(tmp_path / "out"))
+    assert [os.path.basename(p) for p, _ in failed] == ["broken.png"] and len(written) == 5
+    out = tmp_path / "out"
+    assert Image.open(out / "grey.png").mode == "L" and Image.open(out / "grey16.png").mode.startswith("I;16")
+    assert Image.open(out / "rgba.png").mode == "RGBA" and Image.open(out / "photo.jpg").size == (50, 40)
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "rgba.png"))[:, :, 3], rgba[:, :, 3])
+    assert tifffile.imread(out / "rgb16.tif").dtype == np.uint16 and tifffile.imread(out / "rgb16.tif").shape == \
+        (40, 50, 3)
+    before = (out / "grey.png").read_bytes()
+    (out / "grey.png").write_bytes(b"mine")
+    _, kept, _ = restore.restore_files(restorer, [str(src / "grey.png")], str(out))
+    assert kept and (out / "grey.png").read_bytes() == b"mine"
+    restore.restore_files(restorer, [str(src / "grey.png")], str(out), overwrite=True)
+    assert (out / "grey.png").read_bytes() == before
+
+
+def test_the_command_restores_with_a_trained_run(tmp_path):
+    c = denoise.get_config("tiny")
+    c.model.backbone = "mprnet"
+    c.num_train_steps = 1
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+    Image.fromarray((_photo((70, 90)) * 255).astype(np.uint8)).save(tmp_path / "photo.png")
+    proc = subprocess.run([sys.executable, "-m", "rcot_jax.restore", f"--workdir={tmp_path / 'run'}",
+                           f"--input={tmp_path / 'photo.png'}", f"--output={tmp_path / 'out'}", "--tile=64"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert Image.open(tmp_path / "out" / "photo.png").size == (90, 70)
