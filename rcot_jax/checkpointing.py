@@ -14,6 +14,7 @@ import shutil
 import grain
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 
 class CheckpointSaveError(OSError):
@@ -53,6 +54,32 @@ class Checkpointer:
             raise ValueError(f"checkpoint {self.directory}/{step} does not match the current config (model, "
                              f"patch size, optimiser or data pipeline changed?): {e}") from e
         return restored.state
+
+    def restore_latest(self, abstract_state, data_iterator):
+        """(step, state) of the newest checkpoint that restores. A newer one that fails while an older one restores
+        is unreadable (truncated or corrupt files, not a config change): it is reported and moved aside to
+        `<step>.unreadable`, and training goes on from the older one. If none restores, the newest's error is
+        raised: never a silent fresh start."""
+        failed = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                state = self.restore(step, abstract_state, data_iterator)
+            except Exception as e:     # tensorstore raises a bare Exception for unreadable data
+                logging.warning("checkpoint %s/%d could not be restored: %s", self.directory, step,
+                                str(e).splitlines()[0][:300])
+                failed.append((step, e))
+                continue
+            for bad, _ in failed:
+                aside = os.path.join(self.directory, f"{bad}.unreadable")
+                if jax.process_index() == 0:
+                    os.replace(os.path.join(self.directory, str(bad)), aside)
+                logging.warning("checkpoint %d is unreadable: moved to %s; resuming from checkpoint %d", bad,
+                                aside, step)
+            if failed:
+                multihost_utils.sync_global_devices("checkpoints moved aside")
+                self.manager.reload()
+            return step, state
+        raise failed[0][1]
 
     def raise_if_failed(self):
         """Raises `CheckpointSaveError` if the save in flight has finished and failed."""

@@ -259,6 +259,7 @@ def main(argv):
         jax.config.update("jax_compilation_cache_dir", cache)
     from rcot_jax import train
     from rcot_jax.checkpointing import CheckpointSaveError
+    from rcot_jax.workdir import WorkdirLocked
     _maybe_initialize_distributed()
     logging.info("JAX %s, backend %s: process %d of %d, %d local / %d global devices; compilation cache: %s",
                  jax.__version__, jax.default_backend(), jax.process_index(), jax.process_count(),
@@ -270,7 +271,7 @@ def main(argv):
             train.train_and_evaluate(config, FLAGS.workdir)
         else:
             train.evaluate_checkpoint(config, FLAGS.workdir)
-    except (ValueError, FileNotFoundError, FloatingPointError, CheckpointSaveError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError, CheckpointSaveError, WorkdirLocked) as e:
         if FLAGS.traceback:
             raise
         _fail(f"{e}\n(--traceback shows where it was raised)")

@@ -10,6 +10,7 @@ Workdir contents:
                      "mode": "eval" for `--mode=eval`)
 Re-running with the same workdir resumes from the latest checkpoint; a finished run is not retrained.
 """
+import contextlib
 import json
 import os
 import pathlib
@@ -139,18 +140,21 @@ def _restore_or_init(config, ckpt, sharding, data_iter):
         state = jax.jit(lambda: steps.create_train_state(config, _keys(config)[0]), out_shardings=sharding)()
         return weights_checkpoints.init_from(config.init_from, state) if config.init_from else state
     abstract = jax.eval_shape(lambda: steps.create_train_state(config, _keys(config)[0]))
-    state = ckpt.restore(latest, abstract_like(abstract, sharding), data_iter)
-    logging.info("Resumed from %s/%d", ckpt.directory, latest)
+    step, state = ckpt.restore_latest(abstract_like(abstract, sharding), data_iter)
+    logging.info("Restored %s/%d", ckpt.directory, step)
     return state
 
 
-def _setup(config, workdir, create=True):
+def _setup(config, workdir, create=True, held=None):
     """Mesh, images, the process's data iterator, the held-out set, the checkpointer and the state. The config
-    and the data are checked before anything is written (`create=False`: nothing is)."""
+    and the data are checked before anything is written (`create=False`: nothing is); then the workdir's lock
+    is taken into `held` (an ExitStack), if given."""
     mesh = parallel.make_mesh()
     data_iter = iter(pipeline.train_dataset(config, None, jax.process_index(), jax.process_count()))
     eval_data = pipeline.EvalSet(config)
     _check_fits(config, mesh)
+    if held is not None and jax.process_index() == 0:
+        held.enter_context(workdir_lib.locked(workdir))
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints, create=create)
     state = _restore_or_init(config, ckpt, NamedSharding(mesh, P()), data_iter)
     return mesh, data_iter, eval_data, ckpt, state
@@ -176,12 +180,17 @@ def evaluate_checkpoint(config, workdir):
 
 
 def train_and_evaluate(config, workdir):
-    """Trains (or resumes) to `config.num_train_steps`, evaluating and checkpointing along the way."""
-    workdir = os.path.abspath(workdir)
-    is_main = jax.process_index() == 0
+    """Trains (or resumes) to `config.num_train_steps`, evaluating and checkpointing along the way; the workdir is
+    locked against a second run meanwhile."""
     if config.parallel.wrapper == "pmap" and jax.process_count() > 1:
         raise ValueError("config.parallel.wrapper='pmap' runs on one process; use 'shard_map' across processes")
-    mesh, data_iter, eval_data, ckpt, state = _setup(config, workdir)
+    with contextlib.ExitStack() as held:
+        return _train_and_evaluate(config, os.path.abspath(workdir), held)
+
+
+def _train_and_evaluate(config, workdir, held):
+    is_main = jax.process_index() == 0
+    mesh, data_iter, eval_data, ckpt, state = _setup(config, workdir, held=held)
     step_rng = jax.jit(lambda: _keys(config)[1], out_shardings=NamedSharding(mesh, P()))()
     first_step = int(state.step)
     if is_main:

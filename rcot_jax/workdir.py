@@ -1,14 +1,20 @@
 """The workdir's record of its launches: `config.json` (the latest launch's resolved config) and
-`config_history/<UTC time>-step<N>.json` (every launch's, N the step it started from), and the config that
-`--mode=eval` evaluates a workdir with (its run's config, command-line overrides on top)."""
+`config_history/<UTC time>-step<N>.json` (every launch's, N the step it started from), the config that
+`--mode=eval` evaluates a workdir with (its run's config, command-line overrides on top), and the lock that keeps
+a second run out of a workdir in use."""
+import contextlib
 import datetime
 import json
 import os
 import pathlib
+import socket
+
+from absl import logging
 
 import ml_collections
 
 CONFIG = "config.json"
+LOCK = "run.lock"
 HISTORY = "config_history"
 # Keys that decide the shapes of the checkpointed state: evaluating a run with other values cannot restore it.
 STATE_KEYS = ("model", "data.patch_size")
@@ -99,3 +105,54 @@ def changed_keys(config, reference, prefix=""):
         elif _as_json(value) != _as_json(ref):
             changed[prefix + key] = value
     return changed
+
+
+class WorkdirLocked(RuntimeError):
+    """Another live run owns the workdir."""
+
+
+def _owner(path):
+    try:
+        with open(path) as f:
+            pid, _, host = f.read().strip().partition("@")
+        return int(pid), host
+    except (OSError, ValueError):
+        return None, ""      # unreadable or half-written: treated as stale
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:    # exists, owned by another user
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def locked(workdir):
+    """Holds `workdir/run.lock` (pid@host) while the block runs. A lock held by a live process makes the run exit
+    at once naming the owner; a stale one (a dead process on this host) is taken over with a warning; one from
+    another host is left alone (its process cannot be checked from here: delete the file if that run is over)."""
+    os.makedirs(workdir, exist_ok=True)
+    path, me = os.path.join(workdir, LOCK), f"{os.getpid()}@{socket.gethostname()}"
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            pid, host = _owner(path)
+            if pid is not None and (host != socket.gethostname() or _alive(pid)):
+                raise WorkdirLocked(f"{workdir} is in use by process {pid} on {host} (lock {path}); wait for it, "
+                                    "or delete the lock if that run is over") from None
+            logging.warning("Taking over the stale lock %s of process %s on %s (no longer running)", path, pid,
+                            host or "?")
+            os.remove(path)
+    with os.fdopen(fd, "w") as f:
+        f.write(me)
+    try:
+        yield
+    finally:
+        if _owner(path)[0] == os.getpid():
+            os.remove(path)

@@ -2,7 +2,9 @@
 resume, completion, SIGTERM, SIGKILL and non-finite losses."""
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +15,7 @@ import pytest
 
 from rcot_jax.configs import allinone, deblur, dehaze, denoise, derain, lowlight, sr
 from rcot_jax import steps, train
+from rcot_jax import workdir as workdir_lib
 from rcot_jax.checkpointing import Checkpointer
 from rcot_jax.data import pipeline
 
@@ -130,3 +133,41 @@ def test_a_missing_image_folder_is_named(tmp_path):
     config.data.train_dir = str(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="config.data.train_dir: image folder .*nowhere"):
         train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_a_workdir_in_use_is_locked_and_a_stale_lock_is_taken_over(tmp_path, caplog):
+    config = deblur.get_config("tiny")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        (tmp_path / workdir_lib.LOCK).write_text(f"{sleeper.pid}@{socket.gethostname()}")
+        with pytest.raises(workdir_lib.WorkdirLocked, match=rf"in use by process {sleeper.pid} .*run.lock"):
+            train.train_and_evaluate(config, str(tmp_path))
+        assert not (tmp_path / "checkpoints").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    train.train_and_evaluate(config, str(tmp_path))     # the owner is gone: its lock is stale
+    assert f"Taking over the stale lock {tmp_path / workdir_lib.LOCK} of process {sleeper.pid}" in caplog.text
+    assert not (tmp_path / workdir_lib.LOCK).exists()   # released at the end
+
+
+def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    config = deblur.get_config("tiny")
+    config.checkpoint_every_steps = 1
+    config.keep_checkpoints = 5
+    config.num_train_steps = 2
+    train.train_and_evaluate(config, str(tmp_path))
+    files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "checkpoints" / "2") for f in fs]
+    biggest = max(files, key=os.path.getsize)
+    os.truncate(biggest, os.path.getsize(biggest) // 2)
+    config.num_train_steps = 3
+    state = train.train_and_evaluate(config, str(tmp_path))
+    assert int(state.step) == 3
+    assert "checkpoint 2 is unreadable: moved to" in caplog.text and "resuming from checkpoint 1" in caplog.text
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2", "2.unreadable", "3"]
+    shutil.rmtree(tmp_path / "checkpoints" / "1")
+    for step in ("2", "3"):                              # nothing restores: an error, never a fresh start
+        os.truncate(max([os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "checkpoints" / step) for f in fs],
+                        key=os.path.getsize), 10)
+    with pytest.raises(Exception, match="array"):
+        train.train_and_evaluate(config, str(tmp_path))
