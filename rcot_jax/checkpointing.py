@@ -10,6 +10,7 @@ import glob
 import logging
 import os
 import shutil
+import sys
 
 import grain
 import jax
@@ -31,6 +32,8 @@ class Checkpointer:
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=True))
         self._saving = None    # the step of the save in flight
+        if not getattr(sys.unraisablehook, "quiet_closed_loop", False):
+            sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
 
     def latest_step(self):
         return self.manager.latest_step()
@@ -118,6 +121,17 @@ class _SaveFailure:
         raise CheckpointSaveError(
             f"saving checkpoint {step} to {ckpt.directory} failed, so training stopped (the latest checkpoint "
             f"is still {ckpt.manager.latest_step()}): {reason}") from None
+
+
+def _quiet_closed_loop(hook):
+    """An unraisable-exception hook that drops the "Event loop is closed" errors which TensorStore's callbacks for
+    the other writes of a failed save raise once Orbax has closed the save's event loop (one per pending write:
+    hundreds of tracebacks around the one message that matters)."""
+    def quiet(unraisable):
+        if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"):
+            hook(unraisable)
+    quiet.quiet_closed_loop = True
+    return quiet
 
 
 def abstract_like(state, sharding):

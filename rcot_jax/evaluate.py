@@ -5,6 +5,9 @@ it and cropped back (`rcot_jax.inference`), `eval_batch_size` at a time rounded 
 several processes each process decodes only its share of each batch and scores it; the scores are gathered, so
 the result equals one process's. Memory holds one batch, whatever the size of the split.
 """
+import json
+import os
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -26,9 +29,10 @@ def plan(shapes, bucket, chunk):
 
 
 def make_evaluator(config, mesh):
-    """(t_params, eval set, rows) -> (scores {name: float64 [N]}, degradation names [N], sample rows): every item
-    restored and scored; `rows` items (spread over those process 0 scores) kept as (degraded, first pass,
-    restored, target) for the sample grid."""
+    """(t_params, eval set, rows, on_item) -> (scores {name: float64 [N]}, degradation names [N], sample rows):
+    every item restored and scored with `config.eval.metric_profile`; `rows` items (spread over those process 0
+    scores) kept as (degraded, first pass, restored, target) for the sample grid; `on_item(index, restored)` is
+    called for each item this process scores."""
     t_model, _ = steps.build_models(config)
     n_dev = mesh.devices.size
     chunk = -(-config.data.eval_batch_size // n_dev) * n_dev
@@ -37,8 +41,15 @@ def make_evaluator(config, mesh):
                     out_shardings=NamedSharding(mesh, P()))
     pi, pc = jax.process_index(), jax.process_count()
     share = chunk // pc
+    profile, border = config.eval.metric_profile, config.eval.crop_border
+    if profile not in metrics_lib.PROFILES:
+        raise ValueError(f"config.eval.metric_profile={profile!r}, expected one of {metrics_lib.PROFILES}")
 
-    def run(t_params, eval_set, rows=0):
+    def score(x, y):
+        return (metrics_lib.psnr(x, y, profile, crop_border=border),
+                metrics_lib.ssim(x, y, profile, crop_border=border))
+
+    def run(t_params, eval_set, rows=0, on_item=None):
         batches = plan(eval_set.shapes, config.data.eval_bucket, chunk)
         first_share = [i for _, idx in batches for i in idx[:share] if i >= 0]     # what process 0 scores
         keep = {first_share[k] for k in np.linspace(0, len(first_share) - 1, rows).round().astype(int)} \
@@ -58,9 +69,9 @@ def make_evaluator(config, mesh):
                 item, g = items[i], pi * share + j
                 hw = item["target"].shape[:2]
                 out = np.clip(inference.crop_to(restored[g], hw), 0, 1)
-                scores[:, i] = [metrics_lib.psnr(out, item["target"]), metrics_lib.ssim(out, item["target"]),
-                                metrics_lib.psnr(item["degraded"], item["target"]),
-                                metrics_lib.ssim(item["degraded"], item["target"])]
+                scores[:, i] = [*score(out, item["target"]), *score(item["degraded"], item["target"])]
+                if on_item:
+                    on_item(i, out)
                 if i in keep:
                     kept[i] = (item["degraded"], np.clip(inference.crop_to(first[g], hw), 0, 1), out, item["target"])
         if pc > 1:
@@ -85,6 +96,19 @@ def evaluate(evaluator, t_params, eval_set, rows=0):
     """(result dict, sample rows): PSNR/SSIM of the restored held-out items and of their degraded inputs."""
     scores, names, kept = evaluator(t_params, eval_set, rows)
     return summarize(scores, names), kept
+
+
+def write_report(directory, eval_set, scores, summary):
+    """`per_image.csv` (one row per item) and `summary.json` into `directory`."""
+    import csv
+    with open(os.path.join(directory, "per_image.csv"), "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["name", "height", "width", "degradation", *SCORES])
+        for i, name in enumerate(eval_set.names):
+            out.writerow([name, *eval_set.shapes[i], eval_set.degradations[i],
+                          *(f"{scores[k][i]:.6f}" for k in SCORES)])
+    with open(os.path.join(directory, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
 
 
 def sample_grid(rows, size):

@@ -8,12 +8,16 @@ Workdir contents:
   samples/step_<step>.png sample grids: degraded | first pass | restored | target, one held-out crop per row
   eval.jsonl         one JSON line per evaluation: step, psnr, ssim, input_psnr, input_ssim (+ per degradation;
                      "mode": "eval" for `--mode=eval`)
+  eval/<split>_<step>/  `--mode=eval`: per_image.csv, summary.json, images/*.png (the restored held-out set)
+  run.lock           held by the running process (pid@host)
 Re-running with the same workdir resumes from the latest checkpoint; a finished run is not retrained.
 """
 import contextlib
+import hashlib
 import json
 import os
 import pathlib
+import shutil
 import signal
 import time
 
@@ -26,9 +30,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from PIL import Image
 
+from rcot_jax import metrics as metrics_lib
 from rcot_jax import parallel, steps
 from rcot_jax import workdir as workdir_lib
-from rcot_jax.evaluate import evaluate, make_evaluator, sample_grid
+from rcot_jax.evaluate import SCORES, evaluate, make_evaluator, sample_grid, summarize, write_report
 from rcot_jax.checkpointing import Checkpointer, abstract_like
 from rcot_jax.data import pipeline
 from rcot_jax.weights import checkpoints as weights_checkpoints
@@ -133,19 +138,24 @@ def _require_checkpoint(directory):
                                 "--mode=eval)")
 
 
-def _restore_or_init(config, ckpt, sharding, data_iter):
+def _restore_or_init(config, ckpt, sharding, data_iter, step=None):
     latest = ckpt.latest_step()
     if latest is None:    # created in place: on several processes a host value cannot be device_put globally
         logging.info("Initialising the train state (compiling its initialiser) ...")
         state = jax.jit(lambda: steps.create_train_state(config, _keys(config)[0]), out_shardings=sharding)()
         return weights_checkpoints.init_from(config.init_from, state) if config.init_from else state
-    abstract = jax.eval_shape(lambda: steps.create_train_state(config, _keys(config)[0]))
-    step, state = ckpt.restore_latest(abstract_like(abstract, sharding), data_iter)
+    abstract = abstract_like(jax.eval_shape(lambda: steps.create_train_state(config, _keys(config)[0])), sharding)
+    if step is not None:
+        if step not in ckpt.manager.all_steps():
+            raise FileNotFoundError(f"config.eval.step={step}: no checkpoint {step} in {ckpt.directory} (it has "
+                                    f"{sorted(ckpt.manager.all_steps())})")
+        return ckpt.restore(step, abstract, data_iter)
+    step, state = ckpt.restore_latest(abstract, data_iter)
     logging.info("Restored %s/%d", ckpt.directory, step)
     return state
 
 
-def _setup(config, workdir, create=True, held=None):
+def _setup(config, workdir, create=True, held=None, step=None):
     """Mesh, images, the process's data iterator, the held-out set, the checkpointer and the state. The config
     and the data are checked before anything is written (`create=False`: nothing is); then the workdir's lock
     is taken into `held` (an ExitStack), if given."""
@@ -156,26 +166,57 @@ def _setup(config, workdir, create=True, held=None):
     if held is not None and jax.process_index() == 0:
         held.enter_context(workdir_lib.locked(workdir))
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints, create=create)
-    state = _restore_or_init(config, ckpt, NamedSharding(mesh, P()), data_iter)
+    state = _restore_or_init(config, ckpt, NamedSharding(mesh, P()), data_iter, step)
     return mesh, data_iter, eval_data, ckpt, state
 
 
+def _config_hash(config):
+    return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:12]
+
+
 def evaluate_checkpoint(config, workdir):
-    """Evaluates the latest checkpoint in `workdir` on the held-out set (the `--mode=eval` command) and appends
-    the result to its eval.jsonl and TensorBoard."""
+    """The `--mode=eval` command: restores the held-out set with the latest checkpoint (or `config.eval.step`),
+    appends the result to eval.jsonl and TensorBoard, and writes `eval/<split>_<step>/`: per_image.csv,
+    summary.json and (`config.eval.save_images`) the restored images as PNG. The folder appears complete or not
+    at all (written as `<split>_<step>.partial`, then renamed)."""
     workdir = os.path.abspath(workdir)
     _require_checkpoint(os.path.join(workdir, "checkpoints"))
-    mesh, _, eval_data, ckpt, state = _setup(config, workdir, create=False)
+    mesh, _, eval_data, ckpt, state = _setup(config, workdir, create=False, step=config.eval.step or None)
     ckpt.close()
-    result, _ = evaluate(make_evaluator(config, mesh), state.t_params, eval_data)
-    step = int(state.step)
-    logging.info("Eval of step %d: %s", step, json.dumps(result))
-    if jax.process_index() == 0:
+    step, is_main = int(state.step), jax.process_index() == 0
+    final = os.path.join(workdir, "eval", f"{eval_data.split}_{step}")
+    partial = final + ".partial"
+    if is_main:
+        shutil.rmtree(partial, ignore_errors=True)
+        os.makedirs(os.path.join(partial, "images"))
+    multihost_utils.sync_global_devices("eval folder")
+
+    def save(i, restored):
+        if config.eval.save_images:
+            path = os.path.join(partial, "images", eval_data.names[i] + ".png")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            Image.fromarray(metrics_lib.to_uint8(restored)).save(path)
+
+    scores, names, _ = make_evaluator(config, mesh)(state.t_params, eval_data, on_item=save)
+    result = summarize(scores, names)
+    logging.info("Eval of step %d (%s profile, %d images): %s", step, config.eval.metric_profile, len(eval_data),
+                 json.dumps(result))
+    multihost_utils.sync_global_devices("eval images")
+    if is_main:
+        summary = {"step": step, "split": eval_data.split, "profile": config.eval.metric_profile,
+                   "crop_border": config.eval.crop_border, "images": len(eval_data), "config_hash": _config_hash(config),
+                   "means": {k: result[k] for k in SCORES},
+                   "per_degradation": {n: {k: result.get(f"{k}/{n}", result[k]) for k in SCORES}
+                                       for n in dict.fromkeys(names)}}
+        write_report(partial, eval_data, scores, summary)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
         with open(os.path.join(workdir, "eval.jsonl"), "a") as f:
             f.write(json.dumps({"step": step, **{k: round(v, 4) for k, v in result.items()}, "mode": "eval"}) + "\n")
         writer = metric_writers.SummaryWriter(workdir)
         writer.write_scalars(step, {f"eval/{k}": v for k, v in result.items()})
         writer.close()
+        logging.info("Wrote %s", final)
     return result
 
 

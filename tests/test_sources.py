@@ -1,5 +1,6 @@
 """Data sources, decoding, bad input, the paper's dataset layouts prepared with the TFDS builder, and training on
 every source end to end (tiny config)."""
+import csv
 import itertools
 import json
 import os
@@ -265,3 +266,27 @@ def test_training_from_folders_and_a_mix(prepared, tmp_path):
     train.train_and_evaluate(c, str(tmp_path / "mix"))
     line = json.loads(open(tmp_path / "mix" / "eval.jsonl").readline())
     assert {"psnr/rain", "psnr/noise25"} <= set(line)
+
+
+def test_eval_command_writes_per_image_rows_a_summary_and_images(tmp_path):
+    deg, tgt = _rain_folders(tmp_path / "rain", n=3)
+    os.rename(os.path.join(deg, "rain-2.png"), os.path.join(deg, "rain-2.jpg"))      # other sizes and formats
+    c = _tiny(derain, source="paired_folders", degraded_dir=deg, target_dir=tgt, match="rain-{id} -> norain-{id}",
+              eval_degraded_dir=deg, eval_target_dir=tgt)
+    c.model.backbone = "mprnet"
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+    c.eval.metric_profile, c.eval.step = "y", 1
+    with pytest.raises(FileNotFoundError, match=r"config.eval.step=1: no checkpoint 1 .* \[2\]"):
+        train.evaluate_checkpoint(c, str(tmp_path / "run"))
+    c.eval.step = 2
+    result = train.evaluate_checkpoint(c, str(tmp_path / "run"))
+    out = tmp_path / "run" / "eval" / "test_2"
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    summary = json.load(open(out / "summary.json"))
+    assert [r["name"] for r in rows] == ["rain-1", "rain-2", "rain-3"] and summary["profile"] == "y"
+    for k in ("psnr", "ssim", "input_psnr", "input_ssim"):
+        assert summary["means"][k] == pytest.approx(np.mean([float(r[k]) for r in rows]), abs=1e-5)
+        assert result[k] == summary["means"][k]
+    assert sorted(os.listdir(out / "images")) == ["rain-1.png", "rain-2.png", "rain-3.png"]
+    assert Image.open(out / "images" / "rain-2.png").size == (HW[1], HW[0])
+    assert not os.path.exists(str(out) + ".partial")

@@ -324,6 +324,10 @@ class EvalSet:
         if d.eval_limit:
             self.items, self.shapes = self.items[:d.eval_limit], self.shapes[:d.eval_limit]
         self.degradations = [item[4] or "custom" for item in self.items]
+        several = len(set(self.degradations)) > 1
+        self.names = [os.path.splitext(source.names[i])[0] + (f"_crop{j}" if j is not None else "") +
+                      (f"_{deg}" if several else "") for (source, i, j, _, _), deg in zip(self.items, self.degradations)]
+        self.split = d.eval_split if d.source in ("tfds", "paired_folders", "unpaired_folders") else "heldout"
         self.eval_size = d.eval_size
 
     def __len__(self):
