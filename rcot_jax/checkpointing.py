@@ -117,7 +117,7 @@ class _SaveFailure:
         for partial in glob.glob(os.path.join(ckpt.directory, "*.orbax-checkpoint-tmp*")):
             shutil.rmtree(partial, ignore_errors=True)
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)   # each failed write's task logs it again when freed
-        reason = str(error).splitlines()[0].rsplit(": ", 1)[-1]     # e.g. 'No space left on device [...]'
+        reason = str(error).splitlines()[0].split(" [tensorstore_spec=")[0].rsplit(": ", 1)[-1]  # 'No space ...'
         raise CheckpointSaveError(
             f"saving checkpoint {step} to {ckpt.directory} failed, so training stopped (the latest checkpoint "
             f"is still {ckpt.manager.latest_step()}): {reason}") from None
