@@ -22,18 +22,23 @@ from PIL import Image, ImageOps
 from rcot_jax import configs
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("input", None, "An image file or a folder of images.")
-flags.DEFINE_string("output", None, "The folder to write the restored images to (same file names).")
-flags.DEFINE_string("workdir", None, "A training run: its config.json and latest checkpoint.")
-flags.DEFINE_string("checkpoint", None, "Instead of --workdir: a run's checkpoint directory, or an official "
-                    ".pth/.safetensors file; needs --config.")
-config_flags.DEFINE_config_file("config", None, "With --checkpoint: the config describing the networks.")
-flags.DEFINE_integer("tile", 256, "Tile size (a multiple of 16); 0 = the whole image at once.")
-flags.DEFINE_integer("overlap", 32, "Pixels shared by neighbouring tiles, blended linearly.")
-flags.DEFINE_integer("batch_size", 4, "Tiles per call (rounded up to a multiple of the local devices).")
-flags.DEFINE_boolean("ensemble", False, "x8 geometric self-ensemble (8x slower).")
-flags.DEFINE_boolean("overwrite", False, "Replace existing output files.")
-flags.mark_flags_as_required(["input", "output"])
+
+
+def _define_flags():
+    """The command's flags (defined only when it runs, so importing this module defines none)."""
+    flags.DEFINE_string("input", None, "An image file or a folder of images.")
+    flags.DEFINE_string("output", None, "The folder to write the restored images to (same file names).")
+    flags.DEFINE_string("workdir", None, "A training run: its config.json and latest checkpoint.")
+    flags.DEFINE_string("checkpoint", None, "Instead of --workdir: a run's checkpoint directory, or an official "
+                        ".pth/.safetensors file; needs --config.")
+    config_flags.DEFINE_config_file("config", None, "With --checkpoint: the config describing the networks.")
+    flags.DEFINE_integer("tile", 256, "Tile size (a multiple of 16); 0 = the whole image at once.")
+    flags.DEFINE_integer("overlap", 32, "Pixels shared by neighbouring tiles, blended linearly.")
+    flags.DEFINE_integer("batch_size", 4, "Tiles per call (rounded up to a multiple of the local devices).")
+    flags.DEFINE_boolean("ensemble", False, "x8 geometric self-ensemble (8x slower).")
+    flags.DEFINE_boolean("overwrite", False, "Replace existing output files.")
+    flags.mark_flags_as_required(["input", "output"])
+
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
@@ -158,4 +163,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main, argv=configs.resolve_argv(sys.argv))

@@ -151,7 +151,7 @@ def _restore_or_init(config, ckpt, sharding, data_iter, step=None):
                                     f"{sorted(ckpt.manager.all_steps())})")
         return ckpt.restore(step, abstract, data_iter)
     step, state = ckpt.restore_latest(abstract, data_iter)
-    logging.info("Restored %s/%d", ckpt.directory, step)
+    logging.info("Resumed from %s/%d", ckpt.directory, step)
     return state
 
 
@@ -273,9 +273,9 @@ def _train_and_evaluate(config, workdir, held):
             if do_eval:
                 result, rows = evaluate(evaluator, state.t_params, eval_data, config.num_sample_images)
                 writer.write_scalars(step, {f"eval/{k}": v for k, v in result.items()})
-                grid = sample_grid(rows, config.data.eval_size)
-                writer.write_images(step, {"samples": grid[None]})
-                if is_main:
+                if is_main:     # the sample rows are process 0's
+                    grid = sample_grid(rows, config.data.eval_size)
+                    writer.write_images(step, {"samples": grid[None]})
                     _write_atomic(os.path.join(workdir, "samples", f"step_{step:07d}.png"),
                                   lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
                     with open(eval_log, "a") as f:

@@ -131,7 +131,7 @@ def test_sigkill_then_rerun_finishes_the_run(tmp_path, caplog):
 def test_a_missing_image_folder_is_named(tmp_path):
     config = deblur.get_config("tiny")
     config.data.train_dir = str(tmp_path / "nowhere")
-    with pytest.raises(ValueError, match="config.data.train_dir: image folder .*nowhere"):
+    with pytest.raises(ValueError, match="config.data.train_dir='.*nowhere' does not exist"):
         train.train_and_evaluate(config, str(tmp_path / "run"))
 
 

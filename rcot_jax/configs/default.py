@@ -49,7 +49,8 @@ def get_config(arg=None):
     c.data.blur_kernel_size = 15              # camera-shake kernels span up to this many pixels
     c.data.source = "embedded"                # 'embedded' (sample photographs) | 'clean_folder' | 'paired_folders' |
                                               # 'unpaired_folders' | 'tfds' (a dataset made by rcot_jax.prepare)
-    c.data.train_dir = ""                     # clean_folder: a folder of clean images (degraded on the fly)
+    c.data.train_dir = ""                     # clean_folder (or embedded, which it then replaces): a folder of
+                                              # clean images, degraded on the fly
     c.data.eval_dir = ""                      # held-out clean images ('' = the embedded held-out photographs)
     c.data.degraded_dir = ""                  # paired/unpaired_folders: degraded training images
     c.data.target_dir = ""                    # ... and their targets (unpaired: unrelated clean images)

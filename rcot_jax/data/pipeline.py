@@ -1,13 +1,16 @@
-"""The grain input pipeline: random crops of clean images, degraded on the fly, paired or unpaired.
+"""The grain input pipeline: random crops from the config's sources, paired or unpaired, and the held-out set.
 
 A training element is one crop: `degraded` and `target` float32 [P, P, 3] in [0, 1], `paired` (whether the
-paired term applies), `de_id` (rcot_jax.ids), and for inspection `source` / `target_source` (the training
-image each came from). Degradations are drawn per sample from `degradation_names(config.data)`.
+paired term applies), `de_id` (rcot_jax.ids), and for inspection `source` / `target_source` (the record index
+each came from). A clean source's crops are degraded on the fly, by one of `degradation_names(config.data)` per
+sample; a paired source brings its degraded image (cropped at the same place as its target); an unpaired
+source's targets come from its unrelated clean images. Several sources (`allinone`'s `data.mix` with prepared
+datasets) are interleaved in proportion to their weights.
 
-Pairing (`data.paired_fraction`): a fixed, seeded subset of round(fraction * n) training images is paired;
-a sample cropped from one of them gets its own clean crop as target. Every other sample is unpaired: its
-target is an independent random crop, with its own augmentation, of a *different* training image, so a
-degraded image is never shown with its own target.
+Pairing (`data.paired_fraction`): a fixed, seeded subset of round(fraction * n) records is paired; a sample
+cropped from one of them gets its own target crop. Every other sample is unpaired: its target is an independent
+random crop, with its own augmentation, of a *different* record, so a degraded image is never shown with its own
+target.
 
 Everything is a function of `config.seed` and the element's position in the stream (grain's `random_map`),
 so the stream is the same for any number of threads or workers, and the iterator's state (a position)
@@ -85,12 +88,9 @@ def _mix(d):
 def _main_source(d, split):
     """The source config.data.source names, for 'train' or 'eval'."""
     names = {"train": ("degraded_dir", "target_dir"), "eval": ("eval_degraded_dir", "eval_target_dir")}[split]
-    if d.source == "embedded":
-        if split == "train" and d.train_dir:
-            raise ValueError(f"config.data.train_dir={d.train_dir!r} is set but config.data.source='embedded': "
-                             "add --config.data.source=clean_folder")
+    if d.source == "embedded" and not d.train_dir:
         return sources.EmbeddedSource("train") if split == "train" else _clean_eval_source(d)
-    if d.source == "clean_folder":
+    if d.source in ("embedded", "clean_folder"):         # 'embedded' with a train_dir: that folder
         if split == "train":
             _need(d, "train_dir")
             return sources.clean_folder(d.train_dir, d.bad_files, "train_dir")
@@ -228,7 +228,7 @@ class TrainSample:
         n = len(self.targets)
         if self.source.kind == "unpaired":
             tsrc = int(rng.integers(n))
-            if os.path.splitext(self.targets[tsrc]["name"])[0] == os.path.splitext(name)[0]:
+            if os.path.splitext(self.targets.names[tsrc])[0] == os.path.splitext(name)[0]:
                 tsrc = (tsrc + 1) % n
         else:
             tsrc = int(rng.integers(n - 1))
@@ -253,7 +253,7 @@ class TrainSample:
 
 def degradation_id(name):
     """The id of a degradation name; pairs of an unnamed degradation (a user's folders) are CUSTOM."""
-    return DEGRADATION_IDS.get(name, DegradationId.CUSTOM) if name else DegradationId.CUSTOM
+    return DEGRADATION_IDS.get(name, DegradationId.CUSTOM)
 
 
 def paired_images(num_images, fraction, seed):
@@ -266,6 +266,8 @@ def paired_images(num_images, fraction, seed):
 def _component_dataset(config, source, names, probs, seed):
     d = config.data
     source = _fit(source, d.patch_size, "patch_size")
+    if source.kind == "unpaired":
+        source.targets = _fit(source.targets, d.patch_size, "patch_size")
     fraction = 0.0 if source.kind == "unpaired" else d.paired_fraction
     paired = paired_images(len(source), fraction, seed)
     if len(paired) < len(source) and source.kind != "unpaired" and len(source) < 2:
@@ -278,7 +280,7 @@ def train_dataset(config, components=None, process_index=0, process_count=1):
     """An endless grain IterDataset of this process's batches (global batch / process count samples each).
 
     `components`: [(source, synthetic degradation names, their probabilities or None, weight)], by default
-    `sources.train_components(config.data)`. Several components are interleaved in proportion to their weights
+    `train_components(config.data)`. Several components are interleaved in proportion to their weights
     (grain's deterministic `mix`)."""
     d = config.data
     if d.batch_size % process_count:

@@ -30,8 +30,8 @@ import os
 import re
 
 import numpy as np
-from absl import logging
 import skimage
+from absl import logging
 from PIL import Image, ImageOps
 
 from rcot_jax.data import degradations
@@ -62,11 +62,11 @@ def _to_rgb_uint8(im):
 
 def decode_image(data, name):
     """An encoded image (bytes) or an image file path -> RGB uint8 [H, W, 3] (see the module docstring)."""
-    if isinstance(data, (bytes, bytearray)) and not data or not isinstance(data, (bytes, bytearray)) \
-            and os.path.getsize(data) == 0:
+    encoded = isinstance(data, (bytes, bytearray))
+    if (len(data) if encoded else os.path.getsize(data)) == 0:
         raise ImageError(f"{name}: empty file (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data) as im:
+        with Image.open(io.BytesIO(data) if encoded else data) as im:
             im.load()
             return np.ascontiguousarray(_to_rgb_uint8(ImageOps.exif_transpose(im)))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
