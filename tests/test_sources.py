@@ -234,7 +234,7 @@ def _tiny(module, **data):
 
 def test_training_and_evaluation_from_every_prepared_dataset(prepared, tmp_path):
     """One tiny run mixes every paired training set and evaluates on their test splits; one denoises with the
-    clean sets (BSD400 + WED for training, CBSD68 and Kodak24 for testing)."""
+    clean sets (BSD400 + WED for training, CBSD68 and Kodak24 for testing) and is evaluated on the test-only sets."""
     paired = [n for n, l in builders.LAYOUTS.items() if l.degradation and "train" in l.splits]
     c = _tiny(allinone, mix=tuple(f"tfds:{n}" for n in paired), data_dir=prepared, batch_size=16)
     ids = next(iter(pipeline.train_dataset(c)))["de_id"]
@@ -250,6 +250,10 @@ def test_training_and_evaluation_from_every_prepared_dataset(prepared, tmp_path)
     train.train_and_evaluate(c, str(tmp_path / "clean"))
     line = json.loads(open(tmp_path / "clean" / "eval.jsonl").readline())
     assert line["input_psnr"] < 25 and np.isfinite(line["psnr"])                  # sigma 25 on whole images
+    for eval_name in ("cbsd68", "sots_outdoor"):      # the test-only sets, evaluated from the trained run
+        c.data.eval_name = eval_name
+        result = train.evaluate_checkpoint(c, str(tmp_path / "clean"))
+        assert np.isfinite(result["psnr"]) and os.path.isdir(tmp_path / "clean" / "eval" / "test_2")
 
 
 def test_training_from_folders_and_a_mix(prepared, tmp_path):
@@ -290,3 +294,12 @@ def test_eval_command_writes_per_image_rows_a_summary_and_images(tmp_path):
     assert sorted(os.listdir(out / "images")) == ["rain-1.png", "rain-2.png", "rain-3.png"]
     assert Image.open(out / "images" / "rain-2.png").size == (HW[1], HW[0])
     assert not os.path.exists(str(out) + ".partial")
+
+
+def test_small_images_are_reported_with_their_own_size(tmp_path, caplog):
+    _save(tmp_path / "small.png", hw=(20, 20))
+    _save(tmp_path / "big.png", hw=(40, 40))
+    c = denoise.get_config("tiny")
+    c.data.update(source="clean_folder", train_dir=str(tmp_path))
+    next(iter(pipeline.train_dataset(c)))
+    assert "skipping 1 of 2 images smaller than config.data.patch_size=32: small.png (20x20)" in caplog.text
