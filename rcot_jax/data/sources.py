@@ -108,11 +108,17 @@ class Problems:
         logging.warning("%s: skipped %d bad input(s): %s", self.what, len(self.items), shown)
 
 
-def list_images(directory, key="directory"):
-    """{relative path without extension: relative path} of the images under `directory`, recursively."""
+def _where(key):
+    return key if key.startswith("-") else f"config.data.{key}"
+
+
+def list_images(directory, key):
+    """{relative path without extension: relative path} of the images under `directory`, recursively; `key` names
+    where the folder came from in errors ('train_dir' for config.data.train_dir, or a flag such as '--manual_dir')."""
     directory = os.fspath(directory)
+    where = _where(key)
     if not directory or not os.path.isdir(directory):
-        raise ImageError(f"config.data.{key}={directory!r} does not exist or is not a directory")
+        raise ImageError(f"{where}={directory!r} does not exist or is not a directory")
     found, ignored = {}, []
     for root, dirs, files in os.walk(directory):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -132,7 +138,7 @@ def list_images(directory, key="directory"):
         logging.info("%s: ignored %d file(s) without an image extension (%s): %s", directory, len(ignored),
                      " ".join(IMAGE_EXTENSIONS), ", ".join(ignored[:_SHOWN]))
     if not found:
-        raise ImageError(f"config.data.{key}={directory!r} holds no images ({' '.join(IMAGE_EXTENSIONS)})")
+        raise ImageError(f"{where}={directory!r} holds no images ({' '.join(IMAGE_EXTENSIONS)})")
     return found
 
 
@@ -178,7 +184,7 @@ class FileSource:
 def clean_folder(directory, bad_files="error", key="train_dir", skip_hint="--config.data.bad_files=skip"):
     """Clean images of a folder (recursively); the pipeline degrades them on the fly."""
     found = list_images(directory, key)
-    problems = Problems(bad_files, f"config.data.{key}={directory!r}", skip_hint)
+    problems = Problems(bad_files, f"{_where(key)}={directory!r}", skip_hint)
     sized = _sized([os.path.join(directory, rel) for rel in found.values()], problems)
     problems.settle()
     return FileSource([(p, None, os.path.relpath(p, directory), hw) for p, hw in sized], "clean", croppable=True)

@@ -89,10 +89,10 @@ def split_entries(layout, split, manual_dir, bad_files):
     """[(target path, degraded path or None, name)] of a split, checked from the file headers."""
     folder = os.path.join(manual_dir, layout.splits[split][0])
     if len(layout.splits[split]) == 1:
-        return [(path, None, name) for path, _, name, _ in sources.clean_folder(folder, bad_files, "manual_dir",
+        return [(path, None, name) for path, _, name, _ in sources.clean_folder(folder, bad_files, "--manual_dir",
                                                                                         _SKIP).entries]
     _, d_template, t_template = layout.splits[split]
-    found = sources.list_images(folder, "manual_dir")
+    found = sources.list_images(folder, "--manual_dir")
     problems = sources.Problems(bad_files, f"--manual_dir={manual_dir} ({split})", _SKIP)
     pairs = sources.pair_up(found, found, folder, folder, d_template, t_template, problems, layout.scale)
     problems.settle()
