@@ -24,6 +24,8 @@ setup(
         "scipy",
         "scikit-image>=0.22",   # the embedded sample photographs
         "safetensors>=0.4",     # official weights in and out (rcot_jax.convert)
+        "tifffile",             # 16-bit RGB TIFFs in and out (rcot_jax.restore)
+        "tqdm",                 # restore's progress bars
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist", "torch==2.13.0"],
