@@ -124,6 +124,6 @@ class Restorer:
             len(tile_starts(max(hw[1], self.tile), self.tile, self.overlap))
 
 
-def restore(model, params, image, **kwargs):
+def restore(params, image, model, **kwargs):
     """`Restorer(model, params, **kwargs)(image)`: one image, e.g. in a notebook (the compiled map is cached)."""
     return Restorer(model, params, **kwargs)(image)

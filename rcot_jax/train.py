@@ -81,12 +81,6 @@ def _all_finite(tree):
     return jax.tree.reduce(lambda ok, x: ok & jnp.isfinite(x).all(), tree, True)
 
 
-def _write_atomic(path, write):
-    tmp = f"{path}.tmp"
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _truncate_eval_log(path, step):
     """Drops evaluations after `step`: they belong to a run that died before checkpointing them and will
     be recomputed, so the log always matches the checkpoint it resumed from."""
@@ -94,7 +88,7 @@ def _truncate_eval_log(path, step):
         return
     with open(path) as f:
         lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    _write_atomic(path, lambda tmp: pathlib.Path(tmp).write_text("".join(lines)))
+    workdir_lib.write_atomic(path, lambda tmp: pathlib.Path(tmp).write_text("".join(lines)))
 
 
 def _keys(config):
@@ -276,7 +270,7 @@ def _train_and_evaluate(config, workdir, held):
                 if is_main:     # the sample rows are process 0's
                     grid = sample_grid(rows, config.data.eval_size)
                     writer.write_images(step, {"samples": grid[None]})
-                    _write_atomic(os.path.join(workdir, "samples", f"step_{step:07d}.png"),
+                    workdir_lib.write_atomic(os.path.join(workdir, "samples", f"step_{step:07d}.png"),
                                   lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
                     with open(eval_log, "a") as f:
                         f.write(json.dumps({"step": step, **{k: round(v, 4) for k, v in result.items()}}) + "\n")

@@ -49,6 +49,8 @@ def test_one_compilation_for_every_size_and_the_ensemble(tiny_map):
     ens = inference.Restorer(*tiny_map, tile=0, ensemble=True)
     flipped = ens(np.ascontiguousarray(x[::-1]))[::-1]
     np.testing.assert_allclose(ens(x), flipped, atol=1e-5)     # the ensemble is equivariant to the flips
+    model, params = tiny_map
+    np.testing.assert_array_equal(inference.restore(params, x, model, tile=0, ensemble=True), ens(x))
 
 
 def test_modes_and_bit_depths_round_trip(tiny_map, tmp_path):

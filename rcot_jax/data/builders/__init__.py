@@ -12,6 +12,7 @@ Preparation writes into a temporary folder under `data_dir` and renames the fini
 index of every record's name and size (`rcot_index.json`): an interrupted or failed preparation leaves nothing
 that loads.
 """
+import copy
 import dataclasses
 import functools
 import io
@@ -43,19 +44,17 @@ class Layout:
     scale: int = 1               # degraded images are this much smaller than their targets (upsampled here)
 
 
+_RAIN_SPLITS = {split: (split, "rainy/rain-{id}", "norain/norain-{id}") for split in ("train", "test")}
+_RAIN_LAYOUT = "train/rainy/rain-N.png, train/norain/norain-N.png, test/... the same"
 LAYOUTS = {
     "gopro": Layout("blur", {"train": ("train", "{seq}/blur/{id}", "{seq}/sharp/{id}"),
                              "test": ("test", "{seq}/blur/{id}", "{seq}/sharp/{id}")},
                     "https://seungjunnah.github.io/Datasets/gopro",
                     "train/GOPR*/blur/*.png, train/GOPR*/sharp/*.png, test/... the same"),
-    "rain100l": Layout("rain", {"train": ("train", "rainy/rain-{id}", "norain/norain-{id}"),
-                                "test": ("test", "rainy/rain-{id}", "norain/norain-{id}")},
-                       "https://github.com/hezhangsprinter/ID-CGAN (Rain100L, via PromptIR's links)",
-                       "train/rainy/rain-N.png, train/norain/norain-N.png, test/... the same"),
-    "rain100h": Layout("rain", {"train": ("train", "rainy/rain-{id}", "norain/norain-{id}"),
-                                "test": ("test", "rainy/rain-{id}", "norain/norain-{id}")},
-                       "https://www.icst.pku.edu.cn/struct/Projects/joint_rain_removal.html",
-                       "train/rainy/rain-N.png, train/norain/norain-N.png, test/... the same"),
+    "rain100l": Layout("rain", _RAIN_SPLITS,
+                       "https://github.com/hezhangsprinter/ID-CGAN (Rain100L, via PromptIR's links)", _RAIN_LAYOUT),
+    "rain100h": Layout("rain", _RAIN_SPLITS, "https://www.icst.pku.edu.cn/struct/Projects/joint_rain_removal.html",
+                       _RAIN_LAYOUT),
     "reside_ots": Layout("haze", {"train": ("", "hazy/{id}_{beta}_{a}", "clear/{id}")},
                          "https://sites.google.com/view/reside-dehaze-datasets",
                          "hazy/0025_0.8_0.04.jpg, clear/0025.jpg"),
@@ -202,10 +201,7 @@ class TfdsSource:
     """A split of a prepared dataset as a source (see `rcot_jax.data.sources`)."""
     croppable, targets = False, None
 
-    def __init__(self, name, split, data_dir=None, _state=None):
-        if _state is not None:
-            self.__dict__.update(_state)
-            return
+    def __init__(self, name, split, data_dir=None):
         import tensorflow_datasets as tfds
         layout = _check_name(name)
         root, index = read_index(name, data_dir)
@@ -230,7 +226,7 @@ class TfdsSource:
         return record
 
     def keep(self, indices):
-        out = TfdsSource(None, None, _state=dict(self.__dict__))
+        out = copy.copy(self)
         out._indices = [self._indices[i] for i in indices]
         out.names = [self.names[i] for i in indices]
         out.sizes = [self.sizes[i] for i in indices]
