@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from PIL import Image
@@ -33,6 +32,7 @@ from PIL import Image
 from rcot_jax import metrics as metrics_lib
 from rcot_jax import parallel, steps
 from rcot_jax import workdir as workdir_lib
+from rcot_jax import writers
 from rcot_jax.evaluate import SCORES, evaluate, make_evaluator, sample_grid, summarize, write_report
 from rcot_jax.checkpointing import Checkpointer, abstract_like
 from rcot_jax.data import pipeline
@@ -81,9 +81,9 @@ def _all_finite(tree):
     return jax.tree.reduce(lambda ok, x: ok & jnp.isfinite(x).all(), tree, True)
 
 
-def _truncate_eval_log(path, step):
-    """Drops evaluations after `step`: they belong to a run that died before checkpointing them and will
-    be recomputed, so the log always matches the checkpoint it resumed from."""
+def _truncate_log(path, step):
+    """Drops a JSONL log's lines after `step`: they belong to a run that died before checkpointing them and
+    will be recomputed, so the log always matches the checkpoint it resumed from."""
     if not os.path.exists(path):
         return
     with open(path) as f:
@@ -207,7 +207,7 @@ def evaluate_checkpoint(config, workdir):
         os.replace(partial, final)
         with open(os.path.join(workdir, "eval.jsonl"), "a") as f:
             f.write(json.dumps({"step": step, **{k: round(v, 4) for k, v in result.items()}, "mode": "eval"}) + "\n")
-        writer = metric_writers.SummaryWriter(workdir)
+        writer = writers.summary_writer(workdir)
         writer.write_scalars(step, {f"eval/{k}": v for k, v in result.items()})
         writer.close()
         logging.info("Wrote %s", final)
@@ -233,14 +233,15 @@ def _train_and_evaluate(config, workdir, held):
     os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
     eval_log = os.path.join(workdir, "eval.jsonl")
     if is_main:
-        _truncate_eval_log(eval_log, first_step)
+        for log in (eval_log, os.path.join(workdir, writers.METRICS_LOG)):
+            _truncate_log(log, first_step)
     if first_step >= config.num_train_steps:
         logging.info("Training is complete: step %d of %d in %s", first_step, config.num_train_steps, workdir)
         ckpt.close()
         return state
 
-    writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
-    report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)
+    writer = writers.create_default_writer(workdir, just_logging=not is_main)
+    report = writers.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)
     train_step = _announce_first_call(parallel.compile_train_step(config, mesh), "the train step")
     evaluator = _announce_first_call(make_evaluator(config, mesh), "the evaluation")
     batch_sharding = NamedSharding(mesh, P(parallel.DATA_AXIS))
