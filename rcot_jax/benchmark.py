@@ -3,6 +3,7 @@
   python -m rcot_jax.benchmark --config=configs/benchmark.py:b [--mode=train|restore] [--steps=10]
   python -m rcot_jax.benchmark --config=configs/benchmark.py:a --config.precision=bf16
   python -m rcot_jax.benchmark --mode=input --config=configs/deblur.py:quick --config.data.source=tfds ...
+  python -m rcot_jax.benchmark --mode=sweep --config=configs/denoise.py:quick --variants=4
 
 Times `--steps` calls after a warm-up call (which includes compilation) on synthetic batches of the config's
 size, over all local devices (`--devices=N` for fewer). FLOPs are XLA's cost analysis of the whole global
@@ -25,8 +26,10 @@ from rcot_jax import configs, parallel, steps
 
 config_flags.DEFINE_config_file("config", configs.resolve_path("configs/benchmark.py:b"),
                                 "Config to benchmark (configs/benchmark.py:a|b|c[:bf16]).", lock_config=True)
-flags.DEFINE_enum("mode", "train", ["train", "restore", "input"], "train: the RCOT train step; restore: T's "
-                  "forward; input: the input pipeline on the config's data source (no device work).")
+flags.DEFINE_enum("mode", "train", ["train", "restore", "input", "sweep"], "train: the RCOT train step; restore: "
+                  "T's forward; input: the input pipeline on the config's data source (no device work); sweep: "
+                  "--variants runs in one vmapped step (rcot_jax.ablate) against as many single steps, on one device.")
+flags.DEFINE_integer("variants", 4, "--mode=sweep: variants in the vmapped step (cond_scale 0 .. 1, seeds 0 ..).")
 flags.DEFINE_integer("steps", 10, "Timed calls after the warm-up call.")
 flags.DEFINE_integer("devices", 0, "Local devices in the mesh (0: all).")
 FLAGS = flags.FLAGS
@@ -138,11 +141,47 @@ def run_input_benchmark(config, num_batches=50):
     }
 
 
+def run_sweep_benchmark(config, num_variants=4, num_steps=10):
+    """Time of one vmapped step of K variants (different cond_scale and seed) against K single steps."""
+    batch = synthetic_batch(config)
+    keys = jax.random.split(jax.random.key(config.seed), num_variants)
+    values = {"model.cond_scale": np.linspace(0.0, 1.0, num_variants, dtype=np.float32)}
+    states = jax.jit(jax.vmap(lambda k: steps.create_train_state(config, k)))(keys)
+    stacked = jax.tree.map(lambda a: np.stack([a] * num_variants), batch)
+    vmapped = jax.jit(steps.sweep_train_step(config), donate_argnums=0)
+    holder = [states]
+
+    def call_vmapped():
+        holder[0], metrics = vmapped(holder[0], stacked, keys, values)
+        return metrics
+
+    first_v, times_v = _time_calls(call_vmapped, num_steps)
+    single = jax.jit(lambda s, b, k: steps.train_step(s, b, k, config), donate_argnums=0)
+    one = [steps.create_train_state(config, keys[0])]
+
+    def call_single():
+        one[0], metrics = single(one[0], batch, keys[0])
+        return metrics
+
+    first_s, times_s = _time_calls(call_single, num_steps)
+    vmapped_s, single_s = float(np.median(times_v)), float(np.median(times_s))
+    return {
+        "mode": "sweep", "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+        "jax": jax.__version__, "backbone": config.model.backbone, "batch": config.data.batch_size,
+        "patch": config.data.patch_size, "variants": num_variants, "vmapped_step_s": round(vmapped_s, 4),
+        "single_step_s": round(single_s, 4), "sequential_step_s": round(num_variants * single_s, 4),
+        "speedup": round(num_variants * single_s / vmapped_s, 3),
+        "compile_vmapped_s": round(first_v - vmapped_s, 1), "compile_single_s": round(first_s - single_s, 1),
+    }
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.mode == "input":
         record = run_input_benchmark(FLAGS.config, FLAGS.steps)
+    elif FLAGS.mode == "sweep":
+        record = run_sweep_benchmark(FLAGS.config, FLAGS.variants, FLAGS.steps)
     else:
         record = run_benchmark(FLAGS.config, FLAGS.mode, FLAGS.steps, jax.local_devices()[:FLAGS.devices or None])
     print(json.dumps(record), flush=True)

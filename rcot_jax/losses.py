@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-FOURIER_VARIANTS = ("paper", "official")
+FOURIER_VARIANTS = ("paper", "official", "off")
 
 
 class MicroBatches(NamedTuple):
@@ -62,9 +62,12 @@ def fourier_residual_cost(residual, p, variant="paper", axis_name=None, micro=No
       'paper':    mean over samples of (mean_{h,w,c} |F r_b|^p_b)^(1/p_b).
       'official': what the official trainer computes (its `**1/2` precedence bug, and a sum over the batch):
                   sum over samples of mean|F r_b|^2 / 2 where p_b = 2, and mean|F r_b| where p_b = 1.
+      'off':      0 (the ablation without the Fourier term: the cost is the RMSE alone).
     """
     if variant not in FOURIER_VARIANTS:
         raise ValueError(f"fourier_residual_cost: variant={variant!r}, expected one of {FOURIER_VARIANTS}")
+    if variant == "off":
+        return jnp.zeros((), residual.dtype)
     spectrum = jnp.fft.fft2(residual, axes=(1, 2))
     magnitude = _safe_abs(spectrum)
     mean_abs = magnitude.mean(axis=(1, 2, 3))
@@ -123,8 +126,10 @@ def gradient_penalty(potential, restored, target, alpha, lambda_gp, axis_name=No
 
 def transport_loss(potential, degraded, restored, target, paired, p, *, lambda_f, lambda_pair,
                    variant="paper", axis_name=None, micro=None):
-    """-mean F(T(x)) + transport cost + lambda_pair * paired L1. Returns (loss, terms) shares."""
-    adversarial = -batch_mean(potential(restored), axis_name, micro)
+    """-mean F(T(x)) + transport cost + lambda_pair * paired L1. Returns (loss, terms) shares.
+
+    `potential` None drops the adversarial term (the critic-off ablation: a pure cost + L1 map)."""
+    adversarial = 0.0 if potential is None else -batch_mean(potential(restored), axis_name, micro)
     cost, rmse, fourier = transport_cost(degraded, restored, p, lambda_f, variant, axis_name, micro)
     l1_paired = paired_l1(restored, target, paired, axis_name, micro)
     loss = adversarial + cost + lambda_pair * l1_paired

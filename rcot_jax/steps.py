@@ -7,6 +7,7 @@ One step = `n_critic` critic iterations, then one update of the map T:
 """
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from jax import lax
 
@@ -15,6 +16,10 @@ from rcot_jax.ids import fourier_exponent
 from rcot_jax.state import RCOTState
 
 BACKBONES = ("restormer", "mprnet")
+FOURIER_EXPONENTS = (0, 1, 2)     # config.loss.fourier_p: 0 = by degradation (ids.fourier_exponent)
+# Scalars a vmapped sweep may vary between variants (besides the seed): they enter the step as traced values.
+SWEEPABLE = ("loss.lambda_f", "loss.lambda_pair", "loss.lambda_gp", "model.cond_scale", "optim.lr_map",
+             "optim.lr_critic")
 PRECISIONS = {"float32": None, "bf16": jnp.bfloat16}   # computation dtype of both networks (None: the input's)
 
 
@@ -106,7 +111,9 @@ def train_step(state: RCOTState, batch, rng, config, axis_name=None):
                          f"device (config.data.batch_size / devices) into equal micro-batches")
     micro = None if k == 1 else losses.MicroBatches(k)
     paired = batch["paired"].astype(bool)
-    p = fourier_exponent(batch["de_id"])
+    if lc.fourier_p not in FOURIER_EXPONENTS:
+        raise ValueError(f"config.loss.fourier_p={lc.fourier_p!r}, expected one of {FOURIER_EXPONENTS}")
+    p = fourier_exponent(batch["de_id"]) if not lc.fourier_p else jnp.full(x.shape[:1], lc.fourier_p, jnp.int32)
     rng = jax.random.fold_in(rng, state.step)
 
     def potential(f_params):
@@ -129,7 +136,8 @@ def train_step(state: RCOTState, batch, rng, config, axis_name=None):
 
     restored = t_forward(x) if k == 1 else lax.map(t_forward, _split(x, k)).reshape(x.shape)
     f_params, f_opt_state = state.f_params, state.f_opt_state
-    for i in range(config.critic.n_critic):
+    critic = gp = jnp.zeros((), jnp.float32)
+    for i in range(config.critic.n_critic if config.critic.enabled else 0):
         alpha = _per_sample_uniform(jax.random.fold_in(rng, i), x.shape[0], axis_name)
         data = {"restored": restored, "target": y, "alpha": alpha}
 
@@ -157,7 +165,7 @@ def train_step(state: RCOTState, batch, rng, config, axis_name=None):
     def t_loss(t_params, d):
         out = t_model.apply(t_params, d["degraded"])
         loss, terms = losses.transport_loss(
-            potential(f_params), d["degraded"], out, d["target"], d["paired"], d["p"], lambda_f=lc.lambda_f,
+            potential(f_params) if config.critic.enabled else None, d["degraded"], out, d["target"], d["paired"], d["p"], lambda_f=lc.lambda_f,
             lambda_pair=lc.lambda_pair, variant=lc.fourier_variant, axis_name=axis_name, micro=micro)
         terms["l1"] = losses.batch_mean(jnp.abs(out - d["target"]).mean(axis=(1, 2, 3)), axis_name, micro)
         terms["psnr"] = losses.psnr(out, d["target"], axis_name, micro)
@@ -176,3 +184,24 @@ def train_step(state: RCOTState, batch, rng, config, axis_name=None):
     new_state = RCOTState(step=state.step + 1, t_params=t_params, f_params=f_params,
                           t_opt_state=t_opt_state, f_opt_state=f_opt_state)
     return new_state, _psum(metrics, axis_name)
+
+
+def with_values(config, values):
+    """A copy of `config` with dotted keys set to `values` (scalars or tracers, e.g. {'model.cond_scale': x})."""
+    config = ml_collections.ConfigDict(config.to_dict(), type_safe=False)
+    for key, value in values.items():
+        *path, leaf = key.split(".")
+        node = config
+        for name in path:
+            node = node[name]
+        node[leaf] = value
+    return config
+
+
+def sweep_train_step(config, axis_name=None):
+    """`train_step` vmapped over a leading variant axis: (states, batches, rngs, values) -> (states, metrics),
+    every argument and result stacked over K variants; `values` maps SWEEPABLE keys to float32[K] (the variant's
+    scalar). K variants that differ only in those scalars and their seeds train in one compiled step."""
+    def one(state, batch, rng, values):
+        return train_step(state, batch, rng, with_values(config, values), axis_name)
+    return jax.vmap(one)

@@ -88,12 +88,17 @@ def get_config(arg=None):
     c.eval.step = 0                           # --mode=eval: the checkpoint step to evaluate (0 = the latest)
 
     c.loss = ml_collections.ConfigDict()
-    c.loss.fourier_variant = "paper"          # 'paper' | 'official' (x/2 precedence bug, batch sum)
+    c.loss.fourier_variant = "paper"          # 'paper' | 'official' (x/2 precedence bug, batch sum) | 'off'
+                                              # (ablation: no Fourier term, the cost is the RMSE alone)
+    c.loss.fourier_p = 0                      # exponent of the Fourier term: 0 = by degradation (2 for Gaussian
+                                              # noise, 1 otherwise); 1 or 2 forces it (ablation)
     c.loss.lambda_f = 1.0
     c.loss.lambda_pair = 1e4
     c.loss.lambda_gp = 10.0
 
     c.critic = ml_collections.ConfigDict()
+    c.critic.enabled = True                   # False (ablation): no critic updates and no adversarial term, a
+                                              # pure transport cost + paired L1 map
     c.critic.gp_update = "separate"           # 'separate': two optimiser steps (official) | 'joint': one
     c.critic.n_critic = 1
 
@@ -107,6 +112,11 @@ def get_config(arg=None):
 
     c.precision = "float32"                   # 'float32' | 'bf16': convolutions and matmuls in bfloat16,
                                               # parameters, optimiser states, FFT and reductions in float32
+
+    c.sweep = ml_collections.ConfigDict()     # rcot_jax.ablate: variants trained together by jax.vmap
+    c.sweep.axis = ""                         # '' | 'seed' | a scalar of steps.SWEEPABLE, e.g. 'model.cond_scale'
+    c.sweep.axis_values = ()                  # its values, one variant each
+    c.sweep.seeds = ()                        # every value is trained with each of these seeds (() = config.seed)
 
     c.parallel = ml_collections.ConfigDict()
     c.parallel.wrapper = "shard_map"          # 'shard_map' | 'pmap'
