@@ -74,16 +74,9 @@ def sweep_grid(config):
     return tuple(Variant(f"{axis}={v}", {axis: v}) for v in values), tuple(config.sweep.seeds) or None
 
 
-def _get(config, key):
-    node = config
-    for name in key.split("."):
-        node = node[name]
-    return node
-
-
 def _set(config, key, value):
     *path, leaf = key.split(".")
-    node = _get(config, ".".join(path)) if path else config
+    node = workdir_lib.get_key(config, ".".join(path)) if path else config
     if leaf not in node:
         raise KeyError(key)
     node[leaf] = value
@@ -150,7 +143,7 @@ def train_group(runs, eval_set, mesh, on_eval=None, compiled=None):
     compiled = {} if compiled is None else compiled
     cfgs = [c for _, c in runs]
     base = cfgs[0]
-    values = {k: np.asarray([_get(c, k) for c in cfgs], np.float32) for k in steps.SWEEPABLE}
+    values = {k: np.asarray([workdir_lib.get_key(c, k) for c in cfgs], np.float32) for k in steps.SWEEPABLE}
     keys = [jax.random.split(jax.random.key(c.seed)) for c in cfgs]    # (init, step) as train.py derives them
     t0 = time.time()
     if len(runs) == 1:    # the plain step, with the config's own constants: faster than a vmap of one
@@ -311,7 +304,7 @@ def plot_curves(results, ax=None):
         if not n:
             continue
         steps_, psnr = curves[0][:n, 0], np.stack([c[:n, 1] for c in curves])
-        line, = ax.plot(steps_, psnr.mean(0), label=r["name"])
+        line, = ax.plot(steps_, psnr.mean(0), marker="o", markersize=3, label=r["name"])
         ax.fill_between(steps_, psnr.min(0), psnr.max(0), color=line.get_color(), alpha=0.2)
     if results.get("input_psnr") is not None:
         ax.axhline(results["input_psnr"], color="grey", linestyle=":", label="input")

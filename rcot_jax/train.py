@@ -117,6 +117,9 @@ def _check_fits(config, mesh):
     """Raises ValueError, naming the key, for settings the mesh or the model cannot take: checked before the
     workdir is touched."""
     n, k = mesh.devices.size, config.optim.accumulate_steps
+    if config.sweep.axis:
+        raise ValueError(f"config.sweep.axis={config.sweep.axis!r}: sweeps train with `python -m rcot_jax.ablate "
+                         "--grid=sweep`; rcot_jax.main trains one run")
     if config.data.batch_size % n:
         raise ValueError(f"config.data.batch_size={config.data.batch_size} is not divisible by the {n} devices "
                          f"({jax.process_count()} process(es)); use a multiple of {n}")

@@ -64,7 +64,8 @@ def _overlay(config, values, prefix=""):
     return unknown
 
 
-def _get(tree, dotted):
+def get_key(tree, dotted):
+    """tree['a']['b'] for dotted 'a.b' (a ConfigDict or the dict of a config.json)."""
     for key in dotted.split("."):
         tree = tree[key]
     return tree
@@ -88,10 +89,10 @@ def eval_config(config, run_config, overrides):
     unknown = _overlay(merged, run_config)
     for key, value in overrides.items():
         parent, _, leaf = key.rpartition(".")
-        (_get(merged, parent) if parent else merged)[leaf] = value
-        if _changes_state(key) and _as_json(value) != _get(run_config, key):
+        (get_key(merged, parent) if parent else merged)[leaf] = value
+        if _changes_state(key) and _as_json(value) != get_key(run_config, key):
             raise ValueError(f"--config.{key}={value!r}: the run in this workdir was trained with {key}="
-                             f"{_get(run_config, key)!r}; its checkpoint restores only with the same value")
+                             f"{get_key(run_config, key)!r}; its checkpoint restores only with the same value")
     return merged, unknown
 
 
