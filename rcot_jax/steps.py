@@ -162,10 +162,12 @@ def train_step(state: RCOTState, batch, rng, config, axis_name=None):
     if k > 1:
         micro = micro._replace(residual_ss=jnp.sum((x - restored) ** 2), n_paired=jnp.sum(paired.astype(jnp.float32)))
 
+    f_potential = potential(f_params) if config.critic.enabled else None
+
     def t_loss(t_params, d):
         out = t_model.apply(t_params, d["degraded"])
         loss, terms = losses.transport_loss(
-            potential(f_params) if config.critic.enabled else None, d["degraded"], out, d["target"], d["paired"], d["p"], lambda_f=lc.lambda_f,
+            f_potential, d["degraded"], out, d["target"], d["paired"], d["p"], lambda_f=lc.lambda_f,
             lambda_pair=lc.lambda_pair, variant=lc.fourier_variant, axis_name=axis_name, micro=micro)
         terms["l1"] = losses.batch_mean(jnp.abs(out - d["target"]).mean(axis=(1, 2, 3)), axis_name, micro)
         terms["psnr"] = losses.psnr(out, d["target"], axis_name, micro)
