@@ -17,15 +17,7 @@ def _batch(config, seed=0):
 
 
 def _config(**overrides):
-    c = default.get_config("tiny")
-    c.data.batch_size = 2
-    for key, value in overrides.items():
-        node = c
-        *path, leaf = key.split(".")
-        for name in path:
-            node = node[name]
-        node[leaf] = value
-    return c
+    return steps.with_values(default.get_config("tiny"), {"data.batch_size": 2, **overrides})
 
 
 def test_bf16_step_is_finite_and_keeps_float32_state():
