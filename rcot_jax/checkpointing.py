@@ -9,8 +9,10 @@ fails (a full disk, a read-only directory) raises `CheckpointSaveError` at the n
 import glob
 import logging
 import os
+import re
 import shutil
 import sys
+import time
 
 import grain
 import jax
@@ -30,8 +32,10 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=True))
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=True,
+                                                 cleanup_tmp_directories=create))
         self._saving = None    # the step of the save in flight
+        self._failed = False   # a save failed: its partial directory is removed again on close
         if not getattr(sys.unraisablehook, "quiet_closed_loop", False):
             sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
 
@@ -96,6 +100,8 @@ class Checkpointer:
 
     def close(self):
         self.manager.close()
+        if self._failed and jax.process_index() == 0:
+            _remove_partials(self.directory, settle_s=0.5)
 
 
 class _SaveFailure:
@@ -114,13 +120,36 @@ class _SaveFailure:
             return False
         step = self.step if ckpt._saving is None else ckpt._saving
         ckpt._saving = None
-        for partial in glob.glob(os.path.join(ckpt.directory, "*.orbax-checkpoint-tmp*")):
-            shutil.rmtree(partial, ignore_errors=True)
+        _remove_partials(ckpt.directory)
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)   # each failed write's task logs it again when freed
-        reason = str(error).splitlines()[0].split(" [tensorstore_spec=")[0].rsplit(": ", 1)[-1]  # 'No space ...'
+        ckpt._failed = True
         raise CheckpointSaveError(
             f"saving checkpoint {step} to {ckpt.directory} failed, so training stopped (the latest checkpoint "
-            f"is still {ckpt.manager.latest_step()}): {reason}") from None
+            f"is still {ckpt.manager.latest_step()}): {_reason(error)}") from None
+
+
+def _reason(error):
+    """The operating system's words for a failed write ('No space left on device'), whether Python or TensorStore
+    raised it: TensorStore's messages end in bracketed tags (the os error code, the spec) that vary by version."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    first_line = re.sub(r" \[[^\]]*\]", "", str(error).splitlines()[0] if str(error) else repr(error))
+    return first_line.rsplit(": ", 1)[-1]
+
+
+def _remove_partials(directory, settle_s=0.0, limit_s=10.0):
+    """Removes the temporary directories of failed saves. TensorStore writes of a failed save still in flight
+    can recreate one after it is removed, so this repeats until none has appeared for `settle_s`."""
+    start = quiet_since = time.monotonic()
+    while True:
+        partials = glob.glob(os.path.join(directory, "*.orbax-checkpoint-tmp*"))
+        for partial in partials:
+            shutil.rmtree(partial, ignore_errors=True)
+        now = time.monotonic()
+        quiet_since = now if partials else quiet_since
+        if now - quiet_since >= settle_s or now - start > limit_s:
+            return
+        time.sleep(0.05)
 
 
 def _quiet_closed_loop(hook):

@@ -291,7 +291,9 @@ def _train_and_evaluate(config, workdir, held):
                 break
     finally:
         preemption.restore()
-        ckpt.wait()
-        ckpt.close()
-        writer.flush()
+        try:
+            ckpt.wait()
+        finally:    # also when the last save failed: close() removes what its writes left
+            ckpt.close()
+            writer.flush()
     return state
