@@ -80,7 +80,7 @@ def critic64():
     """A float64 critic (P = 32) for finite differences."""
     with jax.enable_x64(True):
         critic = Critic(patch_size=32)
-        params = critic.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+        params = jax.jit(critic.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
         assert jax.tree.leaves(params)[0].dtype == jnp.float64
     return critic, params
 
@@ -92,23 +92,26 @@ def test_gradient_penalty_against_finite_differences(critic64):
         t, y = rng.random((2, 2, 32, 32, 3))
         alpha = np.array([0.3, 0.8])
 
+        apply = jax.jit(critic.apply)    # compiled: op by op, every first use of an op compiles on its own
+
+        @jax.jit
         def gp(params):
             return losses.gradient_penalty(lambda z: critic.apply(params, z), t, y, alpha, 10.0)
 
         # The input gradient inside the penalty equals a central difference of F along a random direction.
         x_hat = alpha[:, None, None, None] * y + (1 - alpha[:, None, None, None]) * t
-        g = jax.grad(lambda z: critic.apply(params, z).sum())(x_hat)
+        g = jax.jit(jax.grad(lambda z: critic.apply(params, z).sum()))(x_hat)
         # F is piecewise linear in its input (LeakyReLU), so a step small enough to cross no kink is exact.
         v = rng.standard_normal(x_hat.shape)
         h = 1e-6
-        fd = (critic.apply(params, x_hat + h * v) - critic.apply(params, x_hat - h * v)) / (2 * h)
+        fd = (apply(params, x_hat + h * v) - apply(params, x_hat - h * v)) / (2 * h)
         np.testing.assert_allclose(np.sum(np.asarray(g) * v, axis=(1, 2, 3)), fd, rtol=1e-5)
         norms = np.sqrt(np.sum(np.asarray(g) ** 2, axis=(1, 2, 3)))
         np.testing.assert_allclose(float(gp(params)), 10 * np.mean((norms - 1) ** 2), rtol=1e-10)
 
         # d(GP)/d(params) (double backprop) along a random direction in every parameter. The penalty jumps
         # where a LeakyReLU at x_hat changes side, so the step is kept far below the smallest pre-activation.
-        grads = jax.grad(gp)(params)
+        grads = jax.jit(jax.grad(gp))(params)
         direction = jax.tree.map(lambda a: jnp.asarray(rng.standard_normal(a.shape)), params)
         shifted = lambda s: jax.tree.map(lambda a, d: a + s * d, params, direction)  # noqa: E731
         h = 1e-8
@@ -123,7 +126,7 @@ def test_no_nan_at_zero_gradient_and_zero_residual(critic64):
     with jax.enable_x64(True):
         t = jnp.zeros((2, 32, 32, 3))
         gp_fn = lambda p: losses.gradient_penalty(lambda z: critic.apply(p, z), t, t + 0.5, jnp.array([0.2, 0.7]), 10.0)  # noqa: E731
-        value, grads = jax.value_and_grad(gp_fn)(zero_critic)
+        value, grads = jax.jit(jax.value_and_grad(gp_fn))(zero_critic)
         assert float(value) == pytest.approx(10.0)
         assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
 

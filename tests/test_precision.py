@@ -36,12 +36,13 @@ def test_bf16_networks_follow_float32(backbone):
     (t16, f16), (t32, f32) = (steps.build_models(_config(precision=p, **{"model.backbone": backbone}))
                               for p in ("bf16", "float32"))
     x = jnp.asarray(_batch(_config())["degraded"])
-    t_params, f_params = t32.init(jax.random.key(0), x), f32.init(jax.random.key(1), x)
-    out = t16.apply(t_params, x)
-    assert out.dtype == jnp.float32 and f16.apply(f_params, out).dtype == jnp.float32
+    t_params, f_params = jax.jit(t32.init)(jax.random.key(0), x), jax.jit(f32.init)(jax.random.key(1), x)
+    out = jax.jit(t16.apply)(t_params, x)
+    f16_apply = jax.jit(f16.apply)
+    assert out.dtype == jnp.float32 and f16_apply(f_params, out).dtype == jnp.float32
     # bf16 keeps about 3 significant digits: the restored images agree with float32's to that precision.
-    np.testing.assert_allclose(out, t32.apply(t_params, x), atol=0.03)
-    np.testing.assert_allclose(f16.apply(f_params, x), f32.apply(f_params, x), rtol=0.05, atol=0.01)
+    np.testing.assert_allclose(out, jax.jit(t32.apply)(t_params, x), atol=0.03)
+    np.testing.assert_allclose(f16_apply(f_params, x), jax.jit(f32.apply)(f_params, x), rtol=0.05, atol=0.01)
 
 
 def test_unknown_precision_is_refused():
@@ -55,8 +56,8 @@ def test_remat_gives_the_same_gradients(backbone, policy):
     x, y = jnp.asarray(batch["degraded"]), jnp.asarray(batch["target"])
     base, _ = steps.build_models(_config(**{"model.backbone": backbone}))
     rematted, _ = steps.build_models(_config(**{"model.backbone": backbone, "model.remat": policy}))
-    params = base.init(jax.random.key(0), x)
-    assert jax.tree.structure(params) == jax.tree.structure(rematted.init(jax.random.key(0), x))
+    params = jax.jit(base.init)(jax.random.key(0), x)
+    assert jax.tree.structure(params) == jax.tree.structure(jax.eval_shape(rematted.init, jax.random.key(0), x))
 
     def grads(model):
         return jax.jit(jax.grad(lambda p: jnp.mean(jnp.abs(model.apply(p, x) - y))))(params)
