@@ -133,8 +133,8 @@ def _reason(error):
     raised it: TensorStore's messages end in bracketed tags (the os error code, the spec) that vary by version."""
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
-    first_line = re.sub(r" \[[^\]]*\]", "", str(error).splitlines()[0] if str(error) else repr(error))
-    return first_line.rsplit(": ", 1)[-1]
+    message = str(error).splitlines()[0] if str(error) else repr(error)
+    return re.sub(r" \[[\w ]+=.*$", "", message).rsplit(": ", 1)[-1]    # the tags: " [os_error_code='28'] [..."
 
 
 def _remove_partials(directory, settle_s=0.0, limit_s=10.0):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rcot_jax import configs, train
+from rcot_jax import checkpointing, configs, train
 from rcot_jax.configs import deblur
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -169,3 +169,13 @@ def test_a_failed_save_stops_the_run_with_one_message_and_keeps_the_last_checkpo
     assert errors == [f"rcot_jax.main: error: saving checkpoint 4 to {run}/checkpoints failed, so training stopped "
                       "(the latest checkpoint is still 2): File too large"], errors
     assert sorted(os.listdir(run / "checkpoints")) == ["2"]
+
+
+@pytest.mark.parametrize("error", [
+    OSError(27, "File too large"),
+    ValueError("Error writing local file \"/r/checkpoints/4.orbax-checkpoint-tmp/state/d/1a\": File too large"),
+    ValueError("Error writing local file \"/r/d/1a\": File too large [os_error_code='27'] "
+               "[tensorstore_spec='{\"driver\":\"zarr\",\"chunks\":[1, 2]}']\nmore"),
+    ValueError("INTERNAL: writing \"/r/d/1a\": File too large [source locations='tensorstore/kvstore/file.cc:1']")])
+def test_a_failed_saves_reason_is_the_systems_words_whatever_the_writer_appends(error):
+    assert checkpointing._reason(error) == "File too large"
