@@ -13,6 +13,7 @@ import re
 import shutil
 import sys
 import time
+import traceback
 
 import grain
 import jax
@@ -38,6 +39,9 @@ class Checkpointer:
         self._failed = False   # a save failed: its partial directory is removed again on close
         if not getattr(sys.unraisablehook, "quiet_closed_loop", False):
             sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
+        asyncio_log = logging.getLogger("asyncio")
+        if _abandoned_orbax_task not in asyncio_log.filters:
+            asyncio_log.addFilter(_abandoned_orbax_task)
 
     def latest_step(self):
         return self.manager.latest_step()
@@ -121,7 +125,6 @@ class _SaveFailure:
         step = self.step if ckpt._saving is None else ckpt._saving
         ckpt._saving = None
         _remove_partials(ckpt.directory)
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL)   # each failed write's task logs it again when freed
         ckpt._failed = True
         raise CheckpointSaveError(
             f"saving checkpoint {step} to {ckpt.directory} failed, so training stopped (the latest checkpoint "
@@ -161,6 +164,19 @@ def _quiet_closed_loop(hook):
             hook(unraisable)
     quiet.quiet_closed_loop = True
     return quiet
+
+
+def _abandoned_orbax_task(record):
+    """A logging filter for the "Task exception was never retrieved" errors of the other writes of a failed save:
+    Orbax closes the save's event loop at the first error, which `CheckpointSaveError` reports, and each task or
+    future it abandons logs its own copy when freed, whenever the garbage collector gets to it (often before the
+    main thread has seen the failure). Such a record names Orbax: in the task's coroutine, the temporary
+    directory in the error, or a frame of its traceback. Every other asyncio record passes."""
+    message = record.getMessage()
+    if "exception was never retrieved" not in message.split("\n", 1)[0]:
+        return True
+    frames = traceback.extract_tb(record.exc_info[2]) if record.exc_info else []
+    return not ("orbax" in message or any("orbax" in frame.filename for frame in frames))
 
 
 def abstract_like(state, sharding):

@@ -1,5 +1,7 @@
 """The program as a user runs it: config paths from any directory, eval of a workdir, failed launches that leave
 nothing behind, errors without tracebacks, failed checkpoint saves."""
+import asyncio
+import gc
 import json
 import os
 import pathlib
@@ -179,3 +181,21 @@ def test_a_failed_save_stops_the_run_with_one_message_and_keeps_the_last_checkpo
     ValueError("INTERNAL: writing \"/r/d/1a\": File too large [source locations='tensorstore/kvstore/file.cc:1']")])
 def test_a_failed_saves_reason_is_the_systems_words_whatever_the_writer_appends(error):
     assert checkpointing._reason(error) == "File too large"
+
+
+def test_the_writes_a_failed_save_abandons_log_nothing_when_freed_and_other_asyncio_errors_still_do(caplog, tmp_path):
+    checkpointing.Checkpointer(tmp_path / "checkpoints", keep=1, create=False)    # installs the filter
+    writes = {}
+    exec(compile("async def write(path):\n    raise OSError(27, 'File too large')\n",
+                 "/site-packages/orbax/checkpoint/_src/serialization/fake.py", "exec"), writes)
+
+    async def unrelated():
+        raise ValueError("a bug elsewhere")
+
+    loop = asyncio.new_event_loop()
+    tasks = [loop.create_task(writes["write"]("/r/state/d/1a")), loop.create_task(unrelated())]
+    loop.run_until_complete(asyncio.sleep(0.01))
+    loop.close()
+    del tasks                # each task is freed with its exception never retrieved
+    gc.collect()
+    assert [r.exc_info[0] for r in caplog.records if "never retrieved" in r.getMessage()] == [ValueError]
