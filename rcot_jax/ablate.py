@@ -150,14 +150,14 @@ def train_group(runs, eval_set, mesh, on_eval=None, compiled=None):
         step_key = ("step", variant_config(base, Variant("", {"seed": 0})).to_json(sort_keys=True))
         take = (lambda tree, k: tree)
         if step_key not in compiled:
-            compiled[step_key] = (jax.jit(lambda k: steps.create_train_state(base, k)),
+            compiled[step_key] = (steps.jit_init(lambda k: steps.create_train_state(base, k)),
                                   jax.jit(lambda s, b, r, v: steps.train_step(s, b, r, base), donate_argnums=0))
         rngs, states_keys = keys[0][1], keys[0][0]
     else:
         step_key = ("vmapped step", _group_key(base), len(runs))
         take = (lambda tree, k: jax.tree.map(lambda a: a[k], tree))
         if step_key not in compiled:
-            compiled[step_key] = (jax.jit(jax.vmap(lambda k: steps.create_train_state(base, k))),
+            compiled[step_key] = (steps.jit_init(jax.vmap(lambda k: steps.create_train_state(base, k))),
                                   jax.jit(steps.sweep_train_step(base), donate_argnums=0))
         rngs, states_keys = jnp.stack([k[1] for k in keys]), jnp.stack([k[0] for k in keys])
     init, step = compiled[step_key]

@@ -146,7 +146,7 @@ def run_sweep_benchmark(config, num_variants=4, num_steps=10):
     batch = synthetic_batch(config)
     keys = jax.random.split(jax.random.key(config.seed), num_variants)
     values = {"model.cond_scale": np.linspace(0.0, 1.0, num_variants, dtype=np.float32)}
-    states = jax.jit(jax.vmap(lambda k: steps.create_train_state(config, k)))(keys)
+    states = steps.jit_init(jax.vmap(lambda k: steps.create_train_state(config, k)))(keys)
     stacked = jax.tree.map(lambda a: np.stack([a] * num_variants), batch)
     vmapped = jax.jit(steps.sweep_train_step(config), donate_argnums=0)
     holder = [states]

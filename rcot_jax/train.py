@@ -139,7 +139,7 @@ def _restore_or_init(config, ckpt, sharding, data_iter, step=None):
     latest = ckpt.latest_step()
     if latest is None:    # created in place: on several processes a host value cannot be device_put globally
         logging.info("Initialising the train state (compiling its initialiser) ...")
-        state = jax.jit(lambda: steps.create_train_state(config, _keys(config)[0]), out_shardings=sharding)()
+        state = steps.jit_init(lambda: steps.create_train_state(config, _keys(config)[0]), out_shardings=sharding)()
         return weights_checkpoints.init_from(config.init_from, state) if config.init_from else state
     abstract = abstract_like(jax.eval_shape(lambda: steps.create_train_state(config, _keys(config)[0])), sharding)
     if step is not None:

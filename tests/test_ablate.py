@@ -35,7 +35,7 @@ def test_vmapped_variants_take_the_steps_they_take_alone():
     data = [_batches(c, 3) for c in runs]
     keys = [jax.random.split(jax.random.key(c.seed)) for c in runs]
     values = {k: np.asarray([workdir.get_key(c, k) for c in runs], np.float32) for k in steps.SWEEPABLE}
-    states = jax.vmap(lambda k: steps.create_train_state(config, k))(jnp.stack([k[0] for k in keys]))
+    states = steps.jit_init(jax.vmap(lambda k: steps.create_train_state(config, k)))(jnp.stack([k[0] for k in keys]))
     sweep = jax.jit(steps.sweep_train_step(config), donate_argnums=0)     # as rcot_jax.ablate compiles it
     for i in range(3):
         batch = {k: np.stack([d[i][k] for d in data]) for k in BATCH_KEYS}
