@@ -37,11 +37,7 @@ class Checkpointer:
                                                  cleanup_tmp_directories=create))
         self._saving = None    # the step of the save in flight
         self._failed = False   # a save failed: its partial directory is removed again on close
-        if not getattr(sys.unraisablehook, "quiet_closed_loop", False):
-            sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
-        asyncio_log = logging.getLogger("asyncio")
-        if _abandoned_orbax_task not in asyncio_log.filters:
-            asyncio_log.addFilter(_abandoned_orbax_task)
+        _quiet_abandoned_writes()
 
     def latest_step(self):
         return self.manager.latest_step()
@@ -153,6 +149,17 @@ def _remove_partials(directory, settle_s=0.0, limit_s=10.0):
         if now - quiet_since >= settle_s or now - start > limit_s:
             return
         time.sleep(0.05)
+
+
+def _quiet_abandoned_writes():
+    """Installs, once per process, the two filters for the noise of a failed save's abandoned writes, so that its
+    `CheckpointSaveError` is the one message: their callbacks' errors (`_quiet_closed_loop`) and their tasks'
+    unretrieved exceptions (`_abandoned_orbax_task`)."""
+    if not getattr(sys.unraisablehook, "quiet_closed_loop", False):
+        sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
+    asyncio_log = logging.getLogger("asyncio")
+    if _abandoned_orbax_task not in asyncio_log.filters:
+        asyncio_log.addFilter(_abandoned_orbax_task)
 
 
 def _quiet_closed_loop(hook):

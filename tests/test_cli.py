@@ -184,7 +184,7 @@ def test_a_failed_saves_reason_is_the_systems_words_whatever_the_writer_appends(
 
 
 def test_the_writes_a_failed_save_abandons_log_nothing_when_freed_and_other_asyncio_errors_still_do(caplog, tmp_path):
-    checkpointing.Checkpointer(tmp_path / "checkpoints", keep=1, create=False)    # installs the filter
+    checkpointing.Checkpointer(tmp_path / "checkpoints", keep=1, create=False)    # installs the filters
     writes = {}
     exec(compile("async def write(path):\n    raise OSError(27, 'File too large')\n",
                  "/site-packages/orbax/checkpoint/_src/serialization/fake.py", "exec"), writes)
