@@ -33,6 +33,9 @@ setup(
     ],
     extras_require={
         "tf": ["tensorflow-cpu>=2.21", "tensorboard>=2.21"],
+        # Compiling the train step for a TPU slice on any host (`rcot_jax.benchmark --mode=aot`): libtpu, pinned
+        # by the installed jax's own `tpu` extra (jax 0.10.2: libtpu 0.0.42.*, 0.7 GB installed).
+        "tpu-aot": ["jax[tpu]>=0.10.2"],
         "test": ["pytest>=9.2", "pytest-xdist>=3.8", "torch==2.13.0",
                  # the notebook test executes notebooks/ headless
                  "nbclient>=0.11", "nbformat>=5.11", "ipykernel>=7.4", "jupytext>=1.19"],

@@ -4,11 +4,16 @@
   python -m rcot_jax.benchmark --config=configs/benchmark.py:a --config.precision=bf16
   python -m rcot_jax.benchmark --mode=input --config=configs/deblur.py:quick --config.data.source=tfds ...
   python -m rcot_jax.benchmark --mode=sweep --config=configs/denoise.py:quick --variants=4
+  python -m rcot_jax.benchmark --mode=aot --config=configs/benchmark.py:a --topology=v5e:2x2 [--per_chip_batch=3]
+                               [--find_max_batch]
 
 Times `--steps` calls after a warm-up call (which includes compilation) on synthetic batches of the config's
 size, over all local devices (`--devices=N` for fewer). FLOPs are XLA's cost analysis of the whole global
 batch's step; the peak is a 4096^2 matmul in the config's precision, measured in the same process. Peak memory
 is the device's peak bytes in use where the backend reports it, else the process's maximum RSS.
+
+`--mode=aot` compiles the train step for a TPU slice on this host (rcot_jax/aot.py; needs the `tpu-aot` extra)
+and prints per-chip memory, FLOPs and whether it fits; `--find_max_batch` adds the largest per-chip batch that does.
 """
 import json
 import resource
@@ -18,20 +23,25 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
-from jax.sharding import NamedSharding, PartitionSpec as P
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from rcot_jax import configs, parallel, steps
 
 config_flags.DEFINE_config_file("config", configs.resolve_path("configs/benchmark.py:b"),
                                 "Config to benchmark (configs/benchmark.py:a|b|c[:bf16]).", lock_config=True)
-flags.DEFINE_enum("mode", "train", ["train", "restore", "input", "sweep"], "train: the RCOT train step; restore: "
-                  "T's forward; input: the input pipeline on the config's data source (no device work); sweep: "
-                  "--variants runs in one vmapped step (rcot_jax.ablate) against as many single steps, on one device.")
+flags.DEFINE_enum("mode", "train", ["train", "restore", "input", "sweep", "aot"], "train: the RCOT train step; "
+                  "restore: T's forward; input: the input pipeline on the config's data source (no device work); "
+                  "sweep: --variants runs in one vmapped step (rcot_jax.ablate) against as many single steps, on one "
+                  "device; aot: the train step compiled for the TPU slice --topology on this host (no TPU needed).")
 flags.DEFINE_integer("variants", 4, "--mode=sweep: variants in the vmapped step (cond_scale 0 .. 1, seeds 0 ..).")
 flags.DEFINE_integer("steps", 10, "Timed calls after the warm-up call.")
 flags.DEFINE_integer("devices", 0, "Local devices in the mesh (0: all).")
+flags.DEFINE_string("topology", "v5e:2x2", "--mode=aot: the TPU slice, as libtpu names it (v4:2x2x1, v5e:2x2, "
+                    "v5e:4x4, v5p:2x2x1, v6e:2x2, ...).")
+flags.DEFINE_integer("per_chip_batch", 0, "--mode=aot: samples per chip (0: config.data.batch_size on each chip).")
+flags.DEFINE_boolean("find_max_batch", False, "--mode=aot: also find the largest per-chip batch that fits (doubling, "
+                     "then bisection; one compilation each).")
 FLAGS = flags.FLAGS
 
 
@@ -98,9 +108,8 @@ def run_benchmark(config, mode="train", num_steps=10, devices=None):
     else:
         t_model, _ = steps.build_models(config)
         gflop = _gflop(t_model.apply, state.t_params, batch["degraded"])
-        sharding = NamedSharding(parallel.make_mesh(devices), P(parallel.DATA_AXIS))
         restore = jax.jit(t_model.apply)
-        degraded = jax.device_put(batch["degraded"], sharding)
+        degraded = jax.device_put(batch["degraded"], parallel.batch_sharding(parallel.make_mesh(devices)))
 
         def call():
             return restore(state.t_params, degraded)
@@ -178,7 +187,14 @@ def run_sweep_benchmark(config, num_variants=4, num_steps=10):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if FLAGS.mode == "input":
+    if FLAGS.mode == "aot":
+        from rcot_jax import aot
+        try:
+            record = aot.aot_record(FLAGS.config, FLAGS.topology, FLAGS.per_chip_batch, FLAGS.find_max_batch,
+                                    log=lambda r: logging.info("compiled: %s", json.dumps(r)))
+        except (aot.AotError, ValueError) as e:
+            sys.exit(f"rcot_jax.benchmark: error: {e}")
+    elif FLAGS.mode == "input":
         record = run_input_benchmark(FLAGS.config, FLAGS.steps)
     elif FLAGS.mode == "sweep":
         record = run_sweep_benchmark(FLAGS.config, FLAGS.variants, FLAGS.steps)

@@ -1,12 +1,16 @@
 """Checkpoints: the train state and the data iterator's position, saved together by Orbax.
 
-Layout: `<workdir>/checkpoints/<step>/{state, data}`. Saves are asynchronous (training continues while the
+Layout: `<workdir>/checkpoints/<step>/{state, data}`. The state is saved replicated and restored onto whatever mesh
+the resuming run has; the data position (`data/process_<i>-of-<n>.json`, one per process) restores on another
+process count too, since every process is at the same global step (`_DataHandler`). Saves are asynchronous (training continues while the
 arrays are written) and atomic: Orbax writes into a temporary directory and renames it when complete, so a
 run killed mid-save leaves the previous checkpoints intact and the partial one is never restored. A save that
 fails (a full disk, a read-only directory) raises `CheckpointSaveError` at the next `save`, `raise_if_failed` or
 `wait`, after removing its partial directory.
 """
+import dataclasses
 import glob
+import json
 import logging
 import os
 import re
@@ -14,6 +18,7 @@ import shutil
 import sys
 import time
 import traceback
+from typing import Any
 
 import grain
 import jax
@@ -47,7 +52,7 @@ class Checkpointer:
         now, before training moves on. Raises `CheckpointSaveError` if the previous save failed."""
         with _SaveFailure(self, step):
             self.manager.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)),
+                state=ocp.args.StandardSave(state), data=_DataSave(data_iterator)),
                 force=True)
             self._saving = step
 
@@ -56,7 +61,7 @@ class Checkpointer:
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state),
-                data=grain.checkpoint.CheckpointRestore(data_iterator)))
+                data=_DataRestore(data_iterator)))
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"checkpoint {self.directory}/{step} does not match the current config (model, "
                              f"patch size, optimiser or data pipeline changed?): {e}") from e
@@ -102,6 +107,46 @@ class Checkpointer:
         self.manager.close()
         if self._failed and jax.process_index() == 0:
             _remove_partials(self.directory, settle_s=0.5)
+
+
+class _DataHandler(grain.checkpoint.CheckpointHandler):
+    """grain's iterator checkpoints, restorable on another process count.
+
+    Each process saves its iterator's state. The pipeline gives process p the p-th share of every global batch,
+    so after s steps every process's state is the same position (s batches of its share), whatever the process
+    count: a run resumed on n processes, where no `process_<i>-of-<n>.json` was saved, takes the saved processes'
+    common state. Where they differ (a state that is not a position alone), it refuses, naming the files."""
+
+    def restore(self, directory, item=None, args=None):
+        item = item or args.item
+        index, count = jax.process_index(), jax.process_count()
+        own = directory / f"process_{index}-of-{count}.json"
+        if own.exists():
+            return super().restore(directory, item, args)
+        saved = sorted(directory.glob("process_*-of-*.json"))
+        states = {path.read_text() for path in saved}
+        if len(states) != 1:
+            raise ValueError(f"{directory}: no data position for process {index} of {count}, and the "
+                             f"{len(saved)} saved ones ({', '.join(p.name for p in saved)}) differ, so they cannot "
+                             "be shared out on another process count")
+        state = states.pop()
+        item.set_state(json.loads(state) if isinstance(item, grain.DatasetIterator) else state.encode())
+        item.start_prefetch()
+        logging.info("data position restored from %s (saved on %d processes, resumed on %d)", saved[0], len(saved),
+                     count)
+        return item
+
+
+@ocp.args.register_with_handler(_DataHandler, for_save=True)
+@dataclasses.dataclass
+class _DataSave(ocp.args.CheckpointArgs):
+    item: Any
+
+
+@ocp.args.register_with_handler(_DataHandler, for_restore=True)
+@dataclasses.dataclass
+class _DataRestore(ocp.args.CheckpointArgs):
+    item: Any
 
 
 class _SaveFailure:

@@ -11,7 +11,6 @@ import os
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rcot_jax import inference, parallel, steps
 from rcot_jax import metrics as metrics_lib
@@ -34,11 +33,10 @@ def make_evaluator(config, mesh):
     scores) kept as (degraded, first pass, restored, target) for the sample grid; `on_item(index, restored)` is
     called for each item this process scores."""
     t_model, _ = steps.build_models(config)
-    n_dev = mesh.devices.size
-    chunk = -(-config.data.eval_batch_size // n_dev) * n_dev
-    sharding = NamedSharding(mesh, P(parallel.DATA_AXIS))
+    chunk = parallel.round_up(config.data.eval_batch_size, mesh)
+    sharding = parallel.batch_sharding(mesh)
     apply = jax.jit(lambda params, x: t_model.apply(params, x, return_first_pass=True),
-                    out_shardings=NamedSharding(mesh, P()))
+                    out_shardings=parallel.replicated(mesh))
     pi, pc = jax.process_index(), jax.process_count()
     share = chunk // pc
     profile, border = config.eval.metric_profile, config.eval.crop_border

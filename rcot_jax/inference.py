@@ -13,7 +13,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+
+from rcot_jax import parallel
 
 MULTIPLE = 16         # both maps accept sizes divisible by 8 (three 2x downsamplings); 16 leaves a margin
 
@@ -67,7 +68,7 @@ def _compiled_apply(model, ensemble, mesh):
         if not ensemble:
             return model.apply(params, x)
         return sum(dihedral(model.apply(params, dihedral(x, k)), k, inverse=True) for k in range(8)) / 8
-    sharding = NamedSharding(mesh, P("data"))
+    sharding = parallel.batch_sharding(mesh)
     return jax.jit(apply, in_shardings=(None, sharding), out_shardings=sharding)
 
 
@@ -81,11 +82,10 @@ class Restorer:
     def __init__(self, model, params, tile=256, overlap=32, batch_size=4, ensemble=False, devices=None):
         if tile and (tile % MULTIPLE or not 0 <= overlap < tile):
             raise ValueError(f"tile={tile} must be a multiple of {MULTIPLE} and overlap={overlap} in [0, tile)")
-        devices = devices or jax.local_devices()
-        self.mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
-        self.params = jax.device_put(params, NamedSharding(self.mesh, P()))
+        self.mesh = parallel.make_mesh(devices or jax.local_devices())
+        self.params = jax.device_put(params, parallel.replicated(self.mesh))
         self.tile, self.overlap, self.ensemble = tile, overlap, ensemble
-        self.batch_size = -(-batch_size // len(devices)) * len(devices)
+        self.batch_size = parallel.round_up(batch_size, self.mesh)
         self.apply = _compiled_apply(model, ensemble, self.mesh)
         self.weights = blend_weights(tile, overlap) if tile else None
 

@@ -1,12 +1,21 @@
-"""Data-parallel compilation of the per-device train step over a 1-D `data` mesh.
+"""Placement: the 1-D `data` mesh, its shardings, global batches, and the data-parallel train step over it.
 
-`compile_train_step(config, mesh)` returns `step(state, batch, rng) -> (state, metrics)` whichever wrapper
-`config.parallel.wrapper` selects:
+Nothing else in rcot_jax builds a `Mesh` or a `NamedSharding`:
+  make_mesh(devices)           the mesh over all devices of all processes (or the given ones, e.g. a TPU topology's);
+  replicated(mesh), batch_sharding(mesh)   parameters and states everywhere, batches split along `data`;
+  check_batch_size(...)        a global batch that the mesh (and the micro-batches) cannot split, named by its key;
+  round_up(n, mesh)            the smallest multiple of the mesh's size >= n (evaluation and inference batches);
+  global_batch(local, mesh)    this process's share of a batch -> global arrays split over the mesh;
+  jit_train_step(config, mesh) the jitted data-parallel step, lowerable for any mesh (`rcot_jax.benchmark --mode=aot`);
+  compile_train_step(config, mesh) -> step(state, batch, rng) -> (state, metrics), placing its arguments.
+
+`compile_train_step` runs whichever wrapper `config.parallel.wrapper` selects:
   'shard_map' (default): `jax.jit(jax.shard_map(...))`, state replicated, batch split along `data`, state donated;
   'pmap': `jax.pmap` over the mesh's devices with the same axis name, state broadcast in and out.
 It accepts the state from `steps.create_train_state` or from its own previous call, a global batch of NumPy or
 already-placed arrays whose leading size divides evenly over the mesh, and a `jax.random` key. The returned
-state is replicated over the mesh and the metrics are global scalars.
+state is replicated over the mesh and the metrics are global scalars. The networks' convolutions are chosen for
+the mesh's platform (`config.model.conv_impl='auto'`), not for the host that compiles.
 """
 import functools
 
@@ -25,38 +34,83 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices if devices is not None else jax.devices()), (DATA_AXIS,))
 
 
-def _check_batch(batch, n_shards):
+def replicated(mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def platform(mesh) -> str:
+    """'cpu', 'gpu' or 'tpu': what the mesh's programs are compiled for."""
+    return mesh.devices.flat[0].platform
+
+
+def round_up(n, mesh):
+    """The smallest multiple of the mesh's device count that is at least `n`."""
+    return -(-n // mesh.devices.size) * mesh.devices.size
+
+
+def check_batch_size(batch_size, mesh, accumulate_steps=1, key="config.data.batch_size"):
+    """Raises ValueError, naming `key`, unless `batch_size` splits evenly over the mesh's devices (and every
+    device's share into `accumulate_steps` micro-batches)."""
+    n, k = mesh.devices.size, accumulate_steps
+    where = f"{n} devices ({mesh.devices.flat[0].platform}, {len({d.process_index for d in mesh.devices.flat})} " \
+            "process(es))"
+    if batch_size % n:
+        raise ValueError(f"{key}={batch_size} is not divisible by the {where}; use a multiple of {n}")
+    if k < 1 or (batch_size // n) % k:
+        raise ValueError(f"config.optim.accumulate_steps={k} does not divide the {batch_size // n} samples per "
+                         f"device ({key}={batch_size}, {n} devices) into equal micro-batches")
+
+
+def global_batch(local, mesh, keys=None):
+    """This process's NumPy share of a global batch (the shares concatenated in process order) -> global arrays
+    split along `data` (a no-op copy on one process). `keys`: the entries to keep (default: all)."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(local[k])) for k in keys or local}
+
+
+def _for_mesh(config, mesh):
+    """`config` with `model.conv_impl` resolved for the mesh's platform."""
+    return steps.with_values(config, {"model.conv_impl": steps.conv_impl(config, platform(mesh))})
+
+
+def jit_train_step(config, mesh: Mesh):
+    """`jax.jit(jax.shard_map(train_step))` over `mesh`: (replicated state, batch split along `data`, key) ->
+    (replicated state, global metrics), the state donated. Call it on placed arrays, or `.lower()` it on
+    `jax.ShapeDtypeStruct`s with these shardings."""
+    step = functools.partial(steps.train_step, config=_for_mesh(config, mesh), axis_name=DATA_AXIS)
+    # check_vma=False: the step reduces gradients itself (pmap semantics), see losses.py.
+    return jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()), out_specs=(P(), P()),
+                                 check_vma=False), donate_argnums=0)
+
+
+def _check_batch(batch, mesh):
     sizes = {k: v.shape[0] for k, v in batch.items()}
     if len(set(sizes.values())) != 1:
         raise ValueError(f"batch entries disagree on the batch size: {sizes}")
-    size = next(iter(sizes.values()))
-    if size % n_shards:
-        raise ValueError(f"global batch size {size} (config.data.batch_size) is not divisible by the "
-                         f"{n_shards} devices of the '{DATA_AXIS}' mesh axis")
+    check_batch_size(next(iter(sizes.values())), mesh, key="global batch size")
 
 
 def compile_train_step(config, mesh: Mesh):
     wrapper = config.parallel.wrapper
-    step = functools.partial(steps.train_step, config=config, axis_name=DATA_AXIS)
     n = mesh.devices.size
-    replicated = NamedSharding(mesh, P())
-
     if wrapper == "shard_map":
-        # check_vma=False: the step reduces gradients itself (pmap semantics), see losses.py.
-        sharded = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()),
-                                        out_specs=(P(), P()), check_vma=False), donate_argnums=0)
-        batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+        sharded = jit_train_step(config, mesh)
 
         def run(state, batch, rng):
-            _check_batch(batch, n)
-            return sharded(jax.device_put(state, replicated), jax.device_put(batch, batch_sharding),
-                           jax.device_put(rng, replicated))
+            _check_batch(batch, mesh)
+            return sharded(jax.device_put(state, replicated(mesh)), jax.device_put(batch, batch_sharding(mesh)),
+                           jax.device_put(rng, replicated(mesh)))
     elif wrapper == "pmap":
+        step = functools.partial(steps.train_step, config=_for_mesh(config, mesh), axis_name=DATA_AXIS)
         mapped = jax.pmap(step, axis_name=DATA_AXIS, in_axes=(None, 0, None), out_axes=(None, None),
                           devices=list(mesh.devices.flat), donate_argnums=0)
 
         def run(state, batch, rng):
-            _check_batch(batch, n)
+            _check_batch(batch, mesh)
             batch = jax.tree.map(lambda a: a.reshape(n, a.shape[0] // n, *a.shape[1:]), batch)
             return mapped(state, batch, rng)
     else:

@@ -13,6 +13,7 @@ from jax import lax
 
 from rcot_jax import losses, models, optim
 from rcot_jax.ids import fourier_exponent
+from rcot_jax.models import conv
 from rcot_jax.state import RCOTState
 
 BACKBONES = ("restormer", "mprnet")
@@ -20,7 +21,9 @@ FOURIER_EXPONENTS = (0, 1, 2)     # config.loss.fourier_p: 0 = by degradation (i
 # Scalars a vmapped sweep may vary between variants (besides the seed): they enter the step as traced values.
 SWEEPABLE = ("loss.lambda_f", "loss.lambda_pair", "loss.lambda_gp", "model.cond_scale", "optim.lr_map",
              "optim.lr_critic")
-PRECISIONS = {"float32": None, "bf16": jnp.bfloat16}   # computation dtype of both networks (None: the input's)
+# Computation dtype of both networks (None: the input's). 'float64' (parameters too) needs JAX_ENABLE_X64=1: for
+# numerical comparisons, e.g. that runs on different device counts take the same steps.
+PRECISIONS = {"float32": None, "bf16": jnp.bfloat16, "float64": jnp.float64}
 # XLA:CPU spends most of an initialiser's compile optimising its ~1,300 random-bit kernels (LLVM at level 3), which
 # run once. At level 1 they give the same bits (tests/test_steps.py) and compile faster (measured: the tiny MPRNet
 # map's parameters 5.6 s instead of 14.2 s, the tiny Restormer's whole state 9.2 s instead of 19.2 s, the paper's
@@ -28,13 +31,22 @@ PRECISIONS = {"float32": None, "bf16": jnp.bfloat16}   # computation dtype of bo
 _INIT_OPTIONS = {"cpu": {"xla_backend_optimization_level": 1}}
 
 
+def conv_impl(config, platform=None):
+    """'xla' or 'custom': the convolutions `config.model.conv_impl` selects on `platform` (default: JAX's default
+    backend; `parallel` passes the mesh's)."""
+    return conv.impl_for(config.model.conv_impl, platform or jax.default_backend())
+
+
 def build_models(config):
     """(T, F) flax modules from `config.model` and `config.data.patch_size`."""
     m = config.model
     if config.precision not in PRECISIONS:
         raise ValueError(f"config.precision={config.precision!r}, expected one of {tuple(PRECISIONS)}")
+    if config.precision == "float64" and not jax.config.jax_enable_x64:
+        raise ValueError("config.precision='float64' needs 64-bit JAX: set JAX_ENABLE_X64=1")
+    impl = conv_impl(config)
     common = dict(two_pass=m.two_pass, cond_scale=m.cond_scale, dtype=PRECISIONS[config.precision],
-                  remat=m.remat)
+                  remat=m.remat, conv_impl=impl)
     if m.backbone == "restormer":
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in m.restormer.items()}
         t_model = models.RestormerRCOT(**kwargs, **common)
@@ -43,7 +55,8 @@ def build_models(config):
     else:
         raise ValueError(f"config.model.backbone={m.backbone!r}, expected one of {BACKBONES}")
     f_model = models.Critic(patch_size=config.data.patch_size, width=m.critic_width,
-                            fc_features=m.critic_fc_features or None, dtype=PRECISIONS[config.precision])
+                            fc_features=m.critic_fc_features or None, dtype=PRECISIONS[config.precision],
+                            conv_impl=impl)
     return t_model, f_model
 
 

@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
 from PIL import Image
 
 from rcot_jax import metrics as metrics_lib
@@ -39,11 +38,6 @@ from rcot_jax.data import pipeline
 from rcot_jax.weights import checkpoints as weights_checkpoints
 
 BATCH_KEYS = ("degraded", "target", "paired", "de_id")   # what the train step reads
-
-
-def _global_batch(local, sharding):
-    """This process's NumPy slice -> global arrays split over the mesh (a no-op copy on one process)."""
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(local[k])) for k in BATCH_KEYS}
 
 
 class _Preemption:
@@ -116,16 +110,10 @@ def _announce_first_call(fn, what):
 def _check_fits(config, mesh):
     """Raises ValueError, naming the key, for settings the mesh or the model cannot take: checked before the
     workdir is touched."""
-    n, k = mesh.devices.size, config.optim.accumulate_steps
     if config.sweep.axis:
         raise ValueError(f"config.sweep.axis={config.sweep.axis!r}: sweeps train with `python -m rcot_jax.ablate "
                          "--grid=sweep`; rcot_jax.main trains one run")
-    if config.data.batch_size % n:
-        raise ValueError(f"config.data.batch_size={config.data.batch_size} is not divisible by the {n} devices "
-                         f"({jax.process_count()} process(es)); use a multiple of {n}")
-    if (config.data.batch_size // n) % k:
-        raise ValueError(f"config.optim.accumulate_steps={k} does not divide the {config.data.batch_size // n} "
-                         f"samples per device (config.data.batch_size={config.data.batch_size}, {n} devices)")
+    parallel.check_batch_size(config.data.batch_size, mesh, config.optim.accumulate_steps)
     jax.eval_shape(lambda: steps.create_train_state(config, _keys(config)[0]))   # the model keys
 
 
@@ -163,7 +151,7 @@ def _setup(config, workdir, create=True, held=None, step=None):
     if held is not None and jax.process_index() == 0:
         held.enter_context(workdir_lib.locked(workdir))
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints, create=create)
-    state = _restore_or_init(config, ckpt, NamedSharding(mesh, P()), data_iter, step)
+    state = _restore_or_init(config, ckpt, parallel.replicated(mesh), data_iter, step)
     return mesh, data_iter, eval_data, ckpt, state
 
 
@@ -229,7 +217,7 @@ def train_and_evaluate(config, workdir):
 def _train_and_evaluate(config, workdir, held):
     is_main = jax.process_index() == 0
     mesh, data_iter, eval_data, ckpt, state = _setup(config, workdir, held=held)
-    step_rng = jax.jit(lambda: _keys(config)[1], out_shardings=NamedSharding(mesh, P()))()
+    step_rng = jax.jit(lambda: _keys(config)[1], out_shardings=parallel.replicated(mesh))()
     first_step = int(state.step)
     if is_main:
         workdir_lib.record_config(workdir, config, first_step)
@@ -247,13 +235,12 @@ def _train_and_evaluate(config, workdir, held):
     report = writers.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)
     train_step = _announce_first_call(parallel.compile_train_step(config, mesh), "the train step")
     evaluator = _announce_first_call(make_evaluator(config, mesh), "the evaluation")
-    batch_sharding = NamedSharding(mesh, P(parallel.DATA_AXIS))
     preemption = _Preemption()
     pending = []     # (step, metrics still on the device): fetched only when logged, to keep the device busy
     try:
         for step in range(first_step + 1, config.num_train_steps + 1):
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
-                batch = _global_batch(next(data_iter), batch_sharding)
+                batch = parallel.global_batch(next(data_iter), mesh, BATCH_KEYS)
                 state, step_metrics = train_step(state, batch, step_rng)
             pending.append((step, step_metrics))
             report(step, time.time())

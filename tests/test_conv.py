@@ -80,3 +80,27 @@ def test_bf16_operands_accumulate_in_float32():
     grads = jax.grad(lambda b: conv.conv2d(x.astype(jnp.bfloat16), b.astype(jnp.bfloat16), 1,
                                            ((1, 1), (1, 1))).astype(jnp.float32).sum())(kernel)
     assert grads.dtype == jnp.float32 and np.isfinite(np.asarray(grads)).all()
+
+
+# conv_impl: 'xla' (XLA's convolutions, JAX's gradients) and 'custom' (this module's rules) are the same function.
+
+@pytest.mark.parametrize("k,stride,pad,groups", [(3, 1, 1, 1), (4, 2, 1, 1), (1, 1, 0, 1), (3, 1, 1, 6)])
+def test_xla_and_custom_implementations_agree_to_float32_rounding(k, stride, pad, groups):
+    padding = ((pad, pad), (pad, pad))
+    x = _random((2, 10, 11, 6), 0, jnp.float32)
+    kernel = _random((k, k, 6 // groups, 6), 1, jnp.float32)
+    if groups > 1:
+        custom = lambda a, b: conv.depthwise_conv2d(a, b, padding)  # noqa: E731
+    elif k == 1:
+        custom = conv.pointwise_conv
+    else:
+        custom = lambda a, b: conv.conv2d(a, b, stride, padding)  # noqa: E731
+    _check_all_orders(custom, lambda a, b: conv.xla_conv(a, b, stride, padding, groups), x, kernel, 2e-4)
+
+
+def test_auto_is_custom_on_cpu_and_xla_on_accelerators():
+    assert conv.impl_for("auto", "cpu") == "custom"
+    assert conv.impl_for("auto", "gpu") == conv.impl_for("auto", "tpu") == "xla"
+    assert conv.impl_for("custom", "tpu") == "custom" and conv.impl_for("xla", "cpu") == "xla"
+    with pytest.raises(ValueError, match="config.model.conv_impl='lax'"):
+        conv.impl_for("lax", "cpu")

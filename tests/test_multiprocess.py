@@ -1,5 +1,6 @@
-"""Several processes: 2 processes x 4 CPU devices, killed (SIGKILL) after a checkpoint and relaunched, end with
-the train state of 1 process x 8 devices run without a break; and when main.py joins a distributed system."""
+"""Several processes and device counts: 2 processes x 4 CPU devices, killed (SIGKILL) after a checkpoint and
+relaunched, end with the train state of 1 process x 8 devices run without a break; a checkpoint of 8 devices, or of
+2 processes x 4 devices, resumes on 2 devices; and when main.py joins a distributed system."""
 import contextlib
 import json
 import os
@@ -52,13 +53,13 @@ def _launch(log, workdir, devices, steps, *flags, **env):
     return proc
 
 
-def _launch_two(tmp_path, name, workdir, steps):
+def _launch_two(tmp_path, name, workdir, steps, *flags, **env):
     """The same command on 2 processes of 4 devices each, without the persistent compilation cache: only process 0
     would find its programs there (the key holds each process's CPU topology) and reach the first collective
     long before process 1, which Gloo waits for 30 s only."""
     address = f"127.0.0.1:{portpicker.pick_unused_port()}"
     return [_launch(tmp_path / f"{name}_{i}.log", workdir, 4, steps, f"--coordinator_address={address}",
-                    "--num_processes=2", f"--process_id={i}", JAX_ENABLE_COMPILATION_CACHE="false")
+                    "--num_processes=2", f"--process_id={i}", *flags, JAX_ENABLE_COMPILATION_CACHE="false", **env)
             for i in range(2)]
 
 
@@ -90,12 +91,15 @@ def _checkpoints(workdir):
     return sorted(int(n) for n in os.listdir(path) if n.isdigit()) if path.exists() else []
 
 
-def _state(workdir, step):
+def _state(workdir, step, precision="float32"):
     """The train state of checkpoint `step` as NumPy arrays, keyed by path."""
-    abstract = jax.eval_shape(lambda: steps.create_train_state(_config(), jax.random.key(0)))
-    target = abstract_like(abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-    with ocp.StandardCheckpointer() as checkpointer:
-        state = checkpointer.restore(workdir / "checkpoints" / str(step) / "state", target)
+    config = _config()
+    config.precision = precision
+    with jax.enable_x64(precision == "float64"):
+        abstract = jax.eval_shape(lambda: steps.create_train_state(config, jax.random.key(0)))
+        target = abstract_like(abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+        with ocp.StandardCheckpointer() as checkpointer:
+            state = checkpointer.restore(workdir / "checkpoints" / str(step) / "state", target)
     return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(state)}
 
 
@@ -132,6 +136,61 @@ def test_two_processes_killed_and_resumed_end_as_one_process_uninterrupted(tmp_p
                                        atol=tol * np.abs(expected[leaf]).max(), err_msg=leaf)
     evaluation = json.loads((one / "eval.jsonl").read_text())       # one line: the evaluation at the last step
     assert json.loads((two / "eval.jsonl").read_text()) == pytest.approx(evaluation, abs=1e-3)
+
+
+# Resuming on another device count, in float64 (`config.precision`), so that the comparison checks the resume, not
+# float32 rounding: the tolerance of the 1 = 8 devices test (tests/test_parallel.py).
+F64 = ("--config.precision=float64",)
+X64 = {"JAX_ENABLE_X64": "1"}
+RESUMED_AT = 2
+
+
+def _relative_differences(actual, expected):
+    """{part of the state: |actual - expected| / |expected| over all its leaves} (Frobenius norms)."""
+    out = {}
+    for part in (".t_params", ".f_params", ".t_opt_state", ".f_opt_state"):
+        keys = [k for k in expected if k.startswith(part)]
+        num = sum(np.sum((actual[k] - expected[k]) ** 2) for k in keys)
+        out[part] = float(np.sqrt(num / sum(np.sum(expected[k] ** 2) for k in keys)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_devices_uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("two_devices")
+    proc = _launch(workdir.parent / "two_devices.log", workdir, 2, STEPS, *F64, **X64)
+    _wait([proc], time.time() + TIMEOUT)
+    return _state(workdir, STEPS, "float64")
+
+
+def _check_resumed_on_two_devices(tmp_path, workdir, expected):
+    """Resumes `workdir` (at checkpoint RESUMED_AT) on 1 process x 2 devices to STEPS; its state must be the
+    uninterrupted 2-device run's."""
+    assert _checkpoints(workdir)[-1] == RESUMED_AT
+    resumed = _launch(tmp_path / "resumed.log", workdir, 2, STEPS, *F64, **X64)
+    _wait([resumed], time.time() + TIMEOUT)
+    assert f"Resumed from {workdir}/checkpoints/{RESUMED_AT}" in resumed.log.read_text()
+    actual = _state(workdir, STEPS, "float64")
+    assert actual[".step"] == STEPS and actual[".t_params['params']['prelu']"].dtype == np.float64
+    assert all(diff < 1e-5 for diff in _relative_differences(actual, expected).values()), \
+        _relative_differences(actual, expected)
+    # Not trivially equal: the steps after the resume moved the parameters.
+    assert max(_relative_differences(_state(workdir, RESUMED_AT, "float64"), expected).values()) > 1e-4
+
+
+def test_a_checkpoint_of_eight_devices_resumes_on_two(tmp_path, two_devices_uninterrupted):
+    workdir = tmp_path / "run"
+    proc = _launch(tmp_path / "eight.log", workdir, 8, RESUMED_AT, *F64, **X64)
+    _wait([proc], time.time() + TIMEOUT)
+    _check_resumed_on_two_devices(tmp_path, workdir, two_devices_uninterrupted)
+
+
+def test_a_checkpoint_of_two_processes_resumes_on_one_process_of_two_devices(tmp_path, two_devices_uninterrupted):
+    workdir = tmp_path / "run"
+    _wait(_launch_two(tmp_path, "two_processes", workdir, RESUMED_AT, *F64, **X64), time.time() + TIMEOUT)
+    assert sorted(os.listdir(workdir / "checkpoints" / str(RESUMED_AT) / "data")) == \
+        ["commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
+    _check_resumed_on_two_devices(tmp_path, workdir, two_devices_uninterrupted)
 
 
 # JAX's cluster detection, fed as on each kind of host; `initialize` is recorded, never run.

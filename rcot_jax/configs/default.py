@@ -37,6 +37,8 @@ def get_config(arg=None):
     c.model.remat = "full"                    # 'none' | 'full' | 'dots': recompute transformer blocks / CABs in
                                               # the backward pass: the paper's settings need 22 GB of XLA
                                               # buffers without it, 2.8 GB with it (same update, ~1/3 more compute)
+    c.model.conv_impl = "auto"                # 'auto' (custom on CPU, xla on GPU and TPU) | 'xla': XLA's convolutions
+                                              # and gradients | 'custom': models/conv.py's, tuned for XLA:CPU
     c.model.critic_fc_features = 0            # width of the critic's `fc`; 0: patch_size**2 / 8 (Net_Restormer),
                                               # 2048: the MPRNet file's critic (Net.py, patch 256)
 
@@ -111,7 +113,8 @@ def get_config(arg=None):
     set_epochs(c, _OFFICIAL_STEPS_PER_EPOCH)
 
     c.precision = "float32"                   # 'float32' | 'bf16': convolutions and matmuls in bfloat16,
-                                              # parameters, optimiser states, FFT and reductions in float32
+                                              # parameters, optimiser states, FFT and reductions in float32 |
+                                              # 'float64' (with JAX_ENABLE_X64=1): for numerical comparisons
 
     c.sweep = ml_collections.ConfigDict()     # rcot_jax.ablate: variants trained together by jax.vmap
     c.sweep.axis = ""                         # '' | 'seed' | a scalar of steps.SWEEPABLE, e.g. 'model.cond_scale'

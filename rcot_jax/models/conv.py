@@ -16,7 +16,15 @@ Kernel gradients contract over the batch and space, the leading axes of both ope
 writes one operand transposed by its producer (a strided copy, slower than the matmul itself); an optimization
 barrier fixes the operands' layout so the contraction reads them in place (measured 2.2x on a 1x1 conv's
 gradients). `rcot_jax` keeps XLA:CPU from removing these barriers early (see rcot_jax/__init__.py).
+
+These rules are tuned for XLA:CPU. GPU and TPU compilers have their own convolution kernels and layout
+assignment, so there the networks use `xla_conv` (`lax.conv_general_dilated`, grouped for depthwise) and JAX's
+own gradients. `IMPLS` names the choice (`config.model.conv_impl`); `implementation(name)` sets it while a
+network is traced (the top-level networks do, from their `conv_impl` field); `impl_for(name, platform)`
+resolves 'auto'.
 """
+import contextlib
+import contextvars
 import functools
 
 import jax
@@ -24,6 +32,47 @@ import jax.numpy as jnp
 from jax import lax
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
+IMPLS = ("auto", "xla", "custom")   # auto: custom on CPU, xla on GPU and TPU
+_CURRENT = contextvars.ContextVar("rcot_jax_conv_impl", default="custom")
+
+
+def impl_for(name, platform):
+    """The implementation `name` (one of IMPLS) stands for when compiling for `platform` ('cpu', 'gpu', 'tpu')."""
+    if name not in IMPLS:
+        raise ValueError(f"config.model.conv_impl={name!r}, expected one of {IMPLS}")
+    if name != "auto":
+        return name
+    return "custom" if platform == "cpu" else "xla"
+
+
+@contextlib.contextmanager
+def implementation(name):
+    """Within this block, `Conv2d` layers use `name` (one of IMPLS; 'auto' by the default backend)."""
+    token = _CURRENT.set(impl_for(name, jax.default_backend()))
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
+
+
+def with_implementation(method):
+    """Decorates a network's `__call__`: it is traced under `implementation(self.conv_impl)`."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        with implementation(self.conv_impl):
+            return method(self, *args, **kwargs)
+    return call
+
+
+def current():
+    return _CURRENT.get()
+
+
+def xla_conv(x, kernel, stride, padding, groups=1):
+    """`lax.conv_general_dilated` with the custom functions' dtype rules, differentiated by JAX."""
+    return lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=_DIMS,
+                                    feature_group_count=groups,
+                                    preferred_element_type=_acc(x.dtype)).astype(x.dtype)
 
 
 def _out_size(n, k, stride, pad):

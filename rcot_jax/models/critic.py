@@ -4,6 +4,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
+from rcot_jax.models import conv
 from rcot_jax.models.layers import Conv2d, Linear, cast
 
 # (kernel, stride, padding, out channels / width, bias) of the ten convolutions, each followed by LeakyReLU(0.2).
@@ -29,7 +30,9 @@ class Critic(nn.Module):
     width: int = 64
     fc_features: Optional[int] = None
     dtype: Any = None                 # computation dtype; None: the input's
+    conv_impl: str = "auto"           # convolutions: 'auto' | 'xla' | 'custom' (models/conv.py)
 
+    @conv.with_implementation
     @nn.compact
     def __call__(self, x):
         p = self.patch_size

@@ -46,11 +46,11 @@ class Conv2d(nn.Module):
                             (k, k, in_features // self.groups, self.features))
         padding = ((pad, pad), (pad, pad))
         kernel = kernel.astype(x.dtype)      # mixed precision: the computation follows the activations' dtype
-        if self.groups == in_features == self.features and self.stride == 1:
+        depthwise = self.groups == in_features == self.features and self.stride == 1
+        if conv.current() == "xla" or (self.groups != 1 and not depthwise):   # other groups: not in RCOT's nets
+            y = conv.xla_conv(x, kernel, self.stride, padding, self.groups)
+        elif depthwise:
             y = conv.depthwise_conv2d(x, kernel, padding)
-        elif self.groups != 1:    # not used by the RCOT networks; XLA's own gradients
-            y = jax.lax.conv_general_dilated(x, kernel, (self.stride,) * 2, padding, feature_group_count=self.groups,
-                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
         elif k == 1 and self.stride == 1 and pad == 0:
             y = conv.pointwise_conv(x, kernel)
         else:

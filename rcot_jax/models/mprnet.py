@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rcot_jax.models import conv
 from rcot_jax.models.layers import Conv2d, bilinear_downsample_x2, bilinear_upsample_x2, cast, remat
 
 
@@ -107,7 +108,9 @@ class MPRNetRCOT(nn.Module):
     cond_scale: float = 0.8
     dtype: Any = None                 # computation dtype; None: the input's
     remat: str = "none"
+    conv_impl: str = "auto"           # convolutions: 'auto' | 'xla' | 'custom' (models/conv.py)
 
+    @conv.with_implementation
     @nn.compact
     def __call__(self, deg_img, return_first_pass: bool = False):
         _, h, w, _ = deg_img.shape

@@ -1,0 +1,155 @@
+"""The train step compiled ahead of time for a TPU slice, on any host (this CPU included): memory, FLOPs, and
+whether the slice's program partitions and compiles. `python -m rcot_jax.benchmark --mode=aot` prints its record.
+
+libtpu (`pip install -e ".[tpu-aot]"`) compiles for a topology it is given by name, e.g. `v5e:2x2`, without the
+chips. The program is `parallel.jit_train_step`'s, the one `parallel.compile_train_step` runs for users: the
+mesh spans every chip of every host, the state is replicated and the global batch is split along `data` as
+`train.py` feeds it (each host its share). Convolutions follow `config.model.conv_impl` resolved for TPU ('auto':
+XLA's own). Memory is XLA's buffer assignment per chip; step time needs the hardware (XLA's TPU cost model gives
+no estimate for these programs), so the README turns FLOPs and bytes into lower bounds with published peaks.
+
+Sizes are in GiB (2**30 bytes), as HBM capacities are quoted.
+"""
+import importlib.util
+import time
+
+import jax
+import jax.numpy as jnp
+
+import rcot_jax
+from rcot_jax import parallel, steps
+
+GIB = 2 ** 30
+# HBM per chip (GiB) by device kind: Google Cloud's TPU system-architecture pages (v4, v5e, v5p, v6e).
+HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v6 lite": 32}
+TOPOLOGY_NAMES = ("v4:2x2x1", "v4:2x2x2", "v5e:2x2", "v5e:2x4", "v5e:4x4", "v5p:2x2x1", "v5p:2x2x2", "v6e:2x2",
+                  "v6e:4x4")
+RECORD_KEYS = ("topology", "chips", "hosts", "device_kind", "per_chip_batch", "global_batch", "conv_impl", "remat",
+               "precision", "temp_gb_per_chip", "argument_gb_per_chip", "hbm_gb_per_chip", "fits",
+               "tflop_per_chip_step", "gb_accessed_per_chip_step", "compile_s")
+_OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Ran out of memory")
+
+
+class AotError(ValueError):
+    """libtpu is missing or does not know the topology: the message says what to install or which names exist."""
+
+
+def tpu_devices(topology):
+    """The compile-only devices of a TPU slice named as libtpu names it (`v5e:2x2`), one per chip (v4 as
+    megacore chips, as JAX sees them on a v4 VM)."""
+    if importlib.util.find_spec("libtpu") is None:
+        raise AotError('--mode=aot compiles with libtpu, which is not installed: pip install -e ".[tpu-aot]" '
+                       "(libtpu as jax pins it, about 0.7 GB)")
+    from jax.experimental import topologies
+    options = {"chip_config_name": "megacore"} if topology.startswith("v4:") else {}
+    try:
+        return topologies.get_topology_desc(topology, platform="tpu", **options).devices
+    except Exception as e:   # noqa: BLE001 - libtpu raises JaxRuntimeError(INVALID_ARGUMENT) with its reason
+        raise AotError(f"--topology={topology}: libtpu does not know it ({str(e).splitlines()[0]}); names are "
+                       f"GENERATION:CHIPS, the chips a multiple of one host's 2x2(x1), e.g. "
+                       f"{', '.join(TOPOLOGY_NAMES)}") from None
+
+
+def _abstract(tree, sharding):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def abstract_arguments(config, mesh):
+    """(state, global batch, key) as ShapeDtypeStructs placed as `parallel.compile_train_step` places them."""
+    state = jax.eval_shape(lambda: steps.create_train_state(config, jax.random.key(0)))
+    b, p = config.data.batch_size, config.data.patch_size
+    batch = {"degraded": jnp.zeros((b, p, p, 3), jnp.float32), "target": jnp.zeros((b, p, p, 3), jnp.float32),
+             "paired": jnp.zeros((b,), bool), "de_id": jnp.zeros((b,), jnp.int32)}
+    return (_abstract(state, parallel.replicated(mesh)), _abstract(batch, parallel.batch_sharding(mesh)),
+            _abstract(jax.eval_shape(lambda: jax.random.key(0)), parallel.replicated(mesh)))
+
+
+def compile_step(config, mesh):
+    """The compiled train step for `mesh` (with the XLA:CPU flags of `rcot_jax` kept out of it), or None where
+    XLA reports that it does not fit the chips' memory."""
+    parallel.check_batch_size(config.data.batch_size, mesh, config.optim.accumulate_steps)
+    lowered = parallel.jit_train_step(config, mesh).lower(*abstract_arguments(config, mesh))
+    try:
+        return lowered.compile(compiler_options=dict(rcot_jax.NON_CPU_COMPILER_OPTIONS) or None)
+    except Exception as e:   # noqa: BLE001 - XLA raises JaxRuntimeError; only an out-of-memory verdict is a result
+        if any(s in str(e) for s in _OUT_OF_MEMORY):
+            return None
+        raise
+
+
+def compile_for(config, devices, per_chip_batch):
+    """(record, compiled step or None where it does not fit) of the train step on a mesh of `devices`, the global
+    batch being `per_chip_batch` per chip."""
+    mesh = parallel.make_mesh(devices)
+    config = steps.with_values(config, {"data.batch_size": per_chip_batch * len(devices)})
+    t0 = time.perf_counter()
+    compiled = compile_step(config, mesh)
+    compile_s = time.perf_counter() - t0
+    kind = devices[0].device_kind
+    record = {"chips": len(devices), "hosts": len({d.process_index for d in devices}),
+              "device_kind": kind, "per_chip_batch": per_chip_batch, "global_batch": config.data.batch_size,
+              "conv_impl": steps.conv_impl(config, "tpu"), "remat": config.model.remat,
+              "precision": config.precision, "temp_gb_per_chip": None, "argument_gb_per_chip": None,
+              "hbm_gb_per_chip": HBM_GIB.get(kind), "fits": False, "tflop_per_chip_step": None,
+              "gb_accessed_per_chip_step": None, "compile_s": round(compile_s, 1)}
+    if compiled is None:
+        return record, None
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    needed = (memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
+              - memory.alias_size_in_bytes + memory.generated_code_size_in_bytes) / GIB
+    record.update(temp_gb_per_chip=round(memory.temp_size_in_bytes / GIB, 3),
+                  argument_gb_per_chip=round(memory.argument_size_in_bytes / GIB, 3),
+                  fits=record["hbm_gb_per_chip"] is None or needed <= record["hbm_gb_per_chip"],
+                  tflop_per_chip_step=round(cost["flops"] / 1e12, 4),
+                  gb_accessed_per_chip_step=round(cost["bytes accessed"] / GIB, 2))
+    return record, compiled
+
+
+def max_per_chip_batch(fits, start, limit=1024):
+    """The largest b <= limit with fits(b), fits being monotone (True up to some b, then False): doubling from
+    `start` while it fits, then bisection between the last batch that fit and the first that did not."""
+    known = {}
+
+    def check(b):
+        if b not in known:
+            known[b] = fits(b)
+        return known[b]
+
+    lo, hi = 0, None
+    b = max(start, 1)
+    while hi is None:
+        if check(b):
+            lo = b
+            if b >= limit:
+                return b
+            b = min(2 * b, limit)
+        else:
+            hi = b
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if check(mid) else (lo, mid)
+    return lo
+
+
+def aot_record(config, topology, per_chip_batch=0, find_max_batch=False, log=None):
+    """The JSON record of `--mode=aot`: the train step of `config` compiled for `topology` at `per_chip_batch`
+    (0: the config's `data.batch_size` on each chip, as on its one GPU). `find_max_batch` adds
+    `max_per_chip_batch`. `log(record)` sees every compilation's record (the search compiles several)."""
+    devices = tpu_devices(topology)
+    per_chip_batch = per_chip_batch or config.data.batch_size
+    records = {}
+
+    def compiled(b):
+        if b not in records:
+            record, _ = compile_for(config, devices, b)
+            records[b] = {"topology": topology, **record}
+            if log:
+                log(records[b])
+        return records[b]
+
+    record = dict(compiled(per_chip_batch))
+    if find_max_batch:
+        record["max_per_chip_batch"] = max_per_chip_batch(lambda b: compiled(b)["fits"], per_chip_batch)
+    return record

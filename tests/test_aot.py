@@ -1,0 +1,88 @@
+"""The train step compiled ahead of time for TPU slices on this CPU (`rcot_jax.benchmark --mode=aot`): the record,
+a mesh over every chip of every host, the convolutions chosen for TPU, and the XLA:CPU flags kept out of the TPU
+compiler. The compilations need libtpu (the `tpu-aot` extra); without it they skip."""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+import rcot_jax
+from rcot_jax import aot
+from rcot_jax.configs import deblur
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                  reason='libtpu is not installed (pip install -e ".[tpu-aot]")')
+
+
+def _tiny():
+    config = deblur.get_config("tiny")
+    config.model.backbone = "mprnet"    # compiles in half the time of the tiny Restormer, same step
+    return config
+
+
+def _check_spans_every_chip(compiled, devices, per_chip_batch):
+    state, batch, key = compiled.input_shardings[0]
+    for sharding in (batch["degraded"], jax.tree.leaves(state.t_params)[0], key):
+        assert sharding.device_set == set(devices)
+    assert batch["degraded"].shard_shape((per_chip_batch * len(devices), 32, 32, 3))[0] == per_chip_batch
+
+
+@needs_libtpu
+def test_tiny_config_compiles_for_a_one_host_slice():
+    devices = aot.tpu_devices("v5e:2x2")
+    record, compiled = aot.compile_for(_tiny(), devices, 2)
+    assert set(record) | {"topology"} == set(aot.RECORD_KEYS)
+    assert record["fits"] is True and record["conv_impl"] == "xla"
+    assert (record["chips"], record["hosts"], record["device_kind"], record["hbm_gb_per_chip"]) == \
+        (4, 1, "TPU v5 lite", 16)
+    assert record["global_batch"] == 8 and 0 < record["temp_gb_per_chip"] < 1 and record["tflop_per_chip_step"] > 0
+    _check_spans_every_chip(compiled, devices, 2)
+
+
+@needs_libtpu
+def test_a_two_host_slice_compiles_without_the_xla_cpu_flags():
+    """Rematerialised blocks leave optimization barriers, which the TPU compiler must expand itself: with this
+    process's XLA:CPU flags (set on import) they would reach it and fail ("opt-barrier is not implemented")."""
+    if rcot_jax.NON_CPU_COMPILER_OPTIONS:
+        assert "cse_barrier_expander" in os.environ["XLA_FLAGS"]
+    config = _tiny()
+    config.model.remat = "full"
+    devices = aot.tpu_devices("v5e:2x4")
+    record, compiled = aot.compile_for(config, devices, 1)
+    assert (record["chips"], record["hosts"], record["fits"]) == (8, 2, True)
+    _check_spans_every_chip(compiled, devices, 1)
+
+
+@needs_libtpu
+def test_an_unknown_topology_is_one_line_naming_the_known_ones():
+    result = subprocess.run([sys.executable, "-m", "rcot_jax.benchmark", "--mode=aot", "--topology=v5x:2x2",
+                             "--config=configs/deblur.py:tiny"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("rcot_jax.benchmark: error: --topology=v5x:2x2: libtpu does not know it")
+    assert "v5e:2x2" in last and "v6e:2x2" in last
+
+
+def test_a_missing_libtpu_says_what_to_install(monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "libtpu" else find_spec(name, *a))
+    with pytest.raises(aot.AotError, match=r'libtpu, which is not installed: pip install -e "\.\[tpu-aot\]"'):
+        aot.tpu_devices("v5e:2x2")
+
+
+@pytest.mark.parametrize("largest,start", [(0, 3), (1, 1), (5, 3), (22, 3), (24, 3), (3, 3), (1024, 3), (7, 64)])
+def test_max_batch_search_doubles_then_bisects(largest, start):
+    tried = []
+
+    def fits(b):
+        tried.append(b)
+        return b <= largest
+
+    assert aot.max_per_chip_batch(fits, start) == largest
+    assert len(tried) == len(set(tried))           # no batch compiled twice
+    if largest == 22:
+        assert tried == [3, 6, 12, 24, 18, 21, 22, 23]
