@@ -10,11 +10,15 @@ no estimate for these programs), so the README turns FLOPs and bytes into lower 
 
 Sizes are in GiB (2**30 bytes), as HBM capacities are quoted.
 """
+import hashlib
 import importlib.util
+import json
+import os
 import time
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 import rcot_jax
 from rcot_jax import parallel, steps
@@ -133,21 +137,40 @@ def max_per_chip_batch(fits, start, limit=1024):
     return lo
 
 
-def aot_record(config, topology, per_chip_batch=0, find_max_batch=False, log=None):
+def config_hash(config):
+    """What identifies the compiled step apart from the batch: the config without `data.batch_size`."""
+    config = steps.with_values(config, {"data.batch_size": 0})
+    return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:12]
+
+
+def read_records(path):
+    """{(config hash, topology, per-chip batch): record} of a `--records` file (absent: empty)."""
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    return {(r["config_hash"], r["topology"], r["per_chip_batch"]): {k: r[k] for k in RECORD_KEYS} for r in lines}
+
+
+def aot_record(config, topology, per_chip_batch=0, find_max_batch=False, records_path=""):
     """The JSON record of `--mode=aot`: the train step of `config` compiled for `topology` at `per_chip_batch`
     (0: the config's `data.batch_size` on each chip, as on its one GPU). `find_max_batch` adds
-    `max_per_chip_batch`. `log(record)` sees every compilation's record (the search compiles several)."""
+    `max_per_chip_batch`. `records_path`: a JSON-lines file that every compilation's record is appended to (with
+    its config hash) and that earlier records are taken from instead of compiling again, so a long search resumes."""
     devices = tpu_devices(topology)
     per_chip_batch = per_chip_batch or config.data.batch_size
-    records = {}
+    digest = config_hash(config)
+    known = read_records(records_path)
 
     def compiled(b):
-        if b not in records:
+        if (digest, topology, b) not in known:
             record, _ = compile_for(config, devices, b)
-            records[b] = {"topology": topology, **record}
-            if log:
-                log(records[b])
-        return records[b]
+            known[digest, topology, b] = record = {"topology": topology, **record}
+            logging.info("compiled: %s", json.dumps(record))
+            if records_path:
+                with open(records_path, "a") as f:
+                    f.write(json.dumps({"config_hash": digest, **record}) + "\n")
+        return known[digest, topology, b]
 
     record = dict(compiled(per_chip_batch))
     if find_max_batch:

@@ -23,7 +23,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from rcot_jax import configs, parallel, steps
@@ -42,6 +42,8 @@ flags.DEFINE_string("topology", "v5e:2x2", "--mode=aot: the TPU slice, as libtpu
 flags.DEFINE_integer("per_chip_batch", 0, "--mode=aot: samples per chip (0: config.data.batch_size on each chip).")
 flags.DEFINE_boolean("find_max_batch", False, "--mode=aot: also find the largest per-chip batch that fits (doubling, "
                      "then bisection; one compilation each).")
+flags.DEFINE_string("records", "", "--mode=aot: a JSON-lines file that every compilation's record is appended to, "
+                    "and whose records of the same config, topology and batch are reused instead of compiling again.")
 FLAGS = flags.FLAGS
 
 
@@ -191,7 +193,7 @@ def main(argv):
         from rcot_jax import aot
         try:
             record = aot.aot_record(FLAGS.config, FLAGS.topology, FLAGS.per_chip_batch, FLAGS.find_max_batch,
-                                    log=lambda r: logging.info("compiled: %s", json.dumps(r)))
+                                    FLAGS.records)
         except (aot.AotError, ValueError) as e:
             sys.exit(f"rcot_jax.benchmark: error: {e}")
     elif FLAGS.mode == "input":

@@ -86,3 +86,25 @@ def test_max_batch_search_doubles_then_bisects(largest, start):
     assert len(tried) == len(set(tried))           # no batch compiled twice
     if largest == 22:
         assert tried == [3, 6, 12, 24, 18, 21, 22, 23]
+
+
+def test_a_search_resumes_from_its_records_file(tmp_path, monkeypatch):
+    """`--records`: every compilation is appended; a second search of the same config and topology compiles
+    nothing it already has, and another config (here another remat) is not mistaken for it."""
+    compiled = []
+
+    def fake_compile(config, devices, b):
+        compiled.append((config.model.remat, b))
+        return {k: None for k in aot.RECORD_KEYS if k != "topology"} | {"per_chip_batch": b, "fits": b <= 5}, None
+
+    monkeypatch.setattr(aot, "tpu_devices", lambda topology: ["chip"] * 4)
+    monkeypatch.setattr(aot, "compile_for", fake_compile)
+    path = str(tmp_path / "records.jsonl")
+    config = _tiny()
+    first = aot.aot_record(config, "v5e:2x2", 3, find_max_batch=True, records_path=path)
+    assert first["max_per_chip_batch"] == 5 and compiled == [("none", 3), ("none", 6), ("none", 4), ("none", 5)]
+    assert aot.aot_record(config, "v5e:2x2", 3, find_max_batch=True, records_path=path) == first
+    assert len(compiled) == 4
+    config.model.remat = "full"
+    aot.aot_record(config, "v5e:2x2", 3, records_path=path)
+    assert compiled[-1] == ("full", 3) and len(open(path).readlines()) == 5
