@@ -14,7 +14,7 @@ _XLA_CPU_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": "", "xla_disable_hlo_p
 NON_CPU_COMPILER_OPTIONS = {}
 
 
-def _tpu_attached():
+def tpu_attached():
     """Whether this machine has TPU chips: JAX's own PCI check (importing it starts no backend)."""
     try:
         from jax._src import hardware_utils
@@ -34,7 +34,7 @@ def _xla_cpu_defaults():
         jaxlib_010 = metadata.version("jaxlib").startswith("0.10.")
     except metadata.PackageNotFoundError:
         return
-    if gpu or not jaxlib_010 or (any(n.startswith("libtpu") for n in installed) and _tpu_attached()):
+    if gpu or not jaxlib_010 or (any(n.startswith("libtpu") for n in installed) and tpu_attached()):
         return
     flags = os.environ.get("XLA_FLAGS", "")
     added = {name: value for name, value in _XLA_CPU_FLAGS.items() if name not in flags}

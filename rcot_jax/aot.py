@@ -5,8 +5,8 @@ libtpu (`pip install -e ".[tpu-aot]"`) compiles for a topology it is given by na
 chips. The program is `parallel.jit_train_step`'s, the one `parallel.compile_train_step` runs for users: the
 mesh spans every chip of every host, the state is replicated and the global batch is split along `data` as
 `train.py` feeds it (each host its share). Convolutions follow `config.model.conv_impl` resolved for TPU ('auto':
-XLA's own). Memory is XLA's buffer assignment per chip; step time needs the hardware (XLA's TPU cost model gives
-no estimate for these programs), so the README turns FLOPs and bytes into lower bounds with published peaks.
+XLA's own). Memory is XLA's buffer assignment per chip; step time needs the chips, so the README turns FLOPs and
+bytes into lower bounds with published peaks.
 
 Sizes are in GiB (2**30 bytes), as HBM capacities are quoted.
 """
@@ -45,6 +45,10 @@ def tpu_devices(topology):
         raise AotError('--mode=aot compiles with libtpu, which is not installed: pip install -e ".[tpu-aot]" '
                        "(libtpu as jax pins it, about 0.7 GB)")
     from jax.experimental import topologies
+    if not rcot_jax.tpu_attached():
+        # libtpu lets one process at a time load it (/tmp/libtpu_lockfile), to guard the chips. Compiling for a
+        # topology uses none, so several compiling processes (a search beside the tests) may run at once.
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     options = {"chip_config_name": "megacore"} if topology.startswith("v4:") else {}
     try:
         return topologies.get_topology_desc(topology, platform="tpu", **options).devices
