@@ -22,6 +22,7 @@ from absl import logging
 
 import rcot_jax
 from rcot_jax import parallel, steps
+from rcot_jax.checkpointing import abstract_like
 
 GIB = 2 ** 30
 # HBM per chip (GiB) by device kind: Google Cloud's TPU system-architecture pages (v4, v5e, v5p, v6e).
@@ -58,18 +59,14 @@ def tpu_devices(topology):
                        f"{', '.join(TOPOLOGY_NAMES)}") from None
 
 
-def _abstract(tree, sharding):
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
-
-
 def abstract_arguments(config, mesh):
     """(state, global batch, key) as ShapeDtypeStructs placed as `parallel.compile_train_step` places them."""
     state = jax.eval_shape(lambda: steps.create_train_state(config, jax.random.key(0)))
     b, p = config.data.batch_size, config.data.patch_size
     batch = {"degraded": jnp.zeros((b, p, p, 3), jnp.float32), "target": jnp.zeros((b, p, p, 3), jnp.float32),
              "paired": jnp.zeros((b,), bool), "de_id": jnp.zeros((b,), jnp.int32)}
-    return (_abstract(state, parallel.replicated(mesh)), _abstract(batch, parallel.batch_sharding(mesh)),
-            _abstract(jax.eval_shape(lambda: jax.random.key(0)), parallel.replicated(mesh)))
+    return (abstract_like(state, parallel.replicated(mesh)), abstract_like(batch, parallel.batch_sharding(mesh)),
+            abstract_like(jax.eval_shape(lambda: jax.random.key(0)), parallel.replicated(mesh)))
 
 
 def compile_step(config, mesh):
