@@ -28,7 +28,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rcot_jax import configs, parallel, steps
+from rcot_jax import app as rcot_app
+from rcot_jax import parallel, paths, steps
 from rcot_jax import workdir as workdir_lib
 from rcot_jax.data import pipeline
 from rcot_jax.evaluate import evaluate, make_evaluator
@@ -337,7 +338,7 @@ def write_results(results, workdir):
 def _define_flags():
     config_flags.DEFINE_config_file("config", None, "Base config (configs/<task>.py[:variant]).", lock_config=True)
     flags.DEFINE_string("grid", "paper", f"Variants to train: one of {sorted(GRIDS)}, or 'sweep' (config.sweep).")
-    flags.DEFINE_string("workdir", None, "Where results.md, results.json and psnr_curves.png go.")
+    paths.DEFINE_path("workdir", None, "Where results.md, results.json and psnr_curves.png go.")
     flags.DEFINE_list("seeds", ["0", "1"], "Seeds every variant is trained with (--grid=sweep: config.sweep.seeds "
                       "when set).")
     flags.DEFINE_boolean("vmap", True, "Train variants that differ only in scalars and seeds together, in one vmapped "
@@ -365,4 +366,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main, argv=configs.resolve_argv(sys.argv))
+    rcot_app.run(main, "rcot_jax.ablate")

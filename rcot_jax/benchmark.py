@@ -26,7 +26,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from rcot_jax import configs, parallel, steps
+from rcot_jax import app as rcot_app
+from rcot_jax import configs, parallel, paths, steps
 
 config_flags.DEFINE_config_file("config", configs.resolve_path("configs/benchmark.py:b"),
                                 "Config to benchmark (configs/benchmark.py:a|b|c[:bf16]).", lock_config=True)
@@ -42,7 +43,7 @@ flags.DEFINE_string("topology", "v5e:2x2", "--mode=aot: the TPU slice, as libtpu
 flags.DEFINE_integer("per_chip_batch", 0, "--mode=aot: samples per chip (0: config.data.batch_size on each chip).")
 flags.DEFINE_boolean("find_max_batch", False, "--mode=aot: also find the largest per-chip batch that fits (doubling, "
                      "then bisection; one compilation each).")
-flags.DEFINE_string("records", "", "--mode=aot: a JSON-lines file that every compilation's record is appended to, "
+paths.DEFINE_path("records", "", "--mode=aot: a JSON-lines file that every compilation's record is appended to, "
                     "and whose records of the same config, topology and batch are reused instead of compiling again.")
 FLAGS = flags.FLAGS
 
@@ -206,4 +207,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, argv=configs.resolve_argv(sys.argv))
+    rcot_app.run(main, "rcot_jax.benchmark")

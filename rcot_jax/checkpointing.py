@@ -167,9 +167,10 @@ class _SaveFailure:
         ckpt._saving = None
         _remove_partials(ckpt.directory)
         ckpt._failed = True
-        raise CheckpointSaveError(
-            f"saving checkpoint {step} to {ckpt.directory} failed, so training stopped (the latest checkpoint "
-            f"is still {ckpt.manager.latest_step()}): {_reason(error)}") from None
+        latest = ckpt.manager.latest_step()
+        kept = f"the latest checkpoint is still {latest}" if latest is not None else "no checkpoint was written yet"
+        raise CheckpointSaveError(f"saving checkpoint {step} to {ckpt.directory} failed, so training stopped "
+                                  f"({kept}): {_reason(error)}") from None
 
 
 def _reason(error):

@@ -1,8 +1,10 @@
 """Official RCOT weights in and out.
 
   # an official checkpoint (the trainer's {'epoch', 'Tnet', 'Fnet'}, a state dict, .safetensors) -> a run
+  # (checkpoints/0 and config.json, as a training launch writes them)
   python -m rcot_jax.convert --checkpoint=model.pth --config=configs/derain.py --workdir=W
   python -m rcot_jax.main --config=configs/derain.py --workdir=W --mode=eval     # evaluate it
+  python -m rcot_jax.restore --workdir=W --input=photos/ --output=restored/      # restore with it
   python -m rcot_jax.main --config=configs/derain.py --workdir=W2 --config.init_from=W   # fine-tune from it
   # the latest checkpoint of a run -> official state dicts: model.pth (T_net) and model_Fnet.pth (F_net)
   python -m rcot_jax.convert --export=model.pth --config=configs/derain.py --workdir=W
@@ -12,13 +14,14 @@ critic; `model.critic_fc_features=2048` with patch 256 for the MPRNet file's cri
 gets a freshly initialised critic.
 """
 import os
-import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rcot_jax import configs, steps
+from rcot_jax import app as rcot_app
+from rcot_jax import paths, steps
+from rcot_jax import workdir as workdir_lib
 from rcot_jax.checkpointing import Checkpointer
 from rcot_jax.data import pipeline
 from rcot_jax.weights import checkpoints, files
@@ -26,17 +29,17 @@ from rcot_jax.weights import checkpoints, files
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config describing the networks (configs/<task>.py[:variant]).",
                                 lock_config=True)
-flags.DEFINE_string("workdir", None, "Run directory to write (import) or read (export).")
-flags.DEFINE_multi_string("checkpoint", [], "Official checkpoint file(s) to import (map and critic).")
-flags.DEFINE_string("export", None, "Write the workdir's latest checkpoint as official state dicts: this path "
+paths.DEFINE_path("workdir", None, "Run directory to write (import) or read (export).")
+paths.DEFINE_path("checkpoint", [], "Official checkpoint file(s) to import (map and critic).", multi=True)
+paths.DEFINE_path("export", None, "Write the workdir's latest checkpoint as official state dicts: this path "
                     "(.pth/.pt or .safetensors) for T_net and <stem>_Fnet<ext> for F_net.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def import_official(config, paths, workdir):
-    t_params, f_params = checkpoints.official_to_params(config, paths)
+def import_official(config, checkpoint_files, workdir):
+    t_params, f_params = checkpoints.official_to_params(config, checkpoint_files)
     if f_params is None:
-        logging.warning("%s holds no critic; F is freshly initialised", ", ".join(paths))
+        logging.warning("%s holds no critic; F is freshly initialised", ", ".join(checkpoint_files))
     state = checkpoints.state_from_params(config, t_params, f_params)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
     try:
@@ -46,7 +49,9 @@ def import_official(config, paths, workdir):
         ckpt.wait()
     finally:
         ckpt.close()
-    logging.info("Wrote %s/0", ckpt.directory)
+    # A complete run: restore --workdir, --mode=eval and init_from read its config as a training launch wrote it.
+    workdir_lib.record_config(workdir, config, first_step=0)
+    logging.info("Wrote %s/0 and %s", ckpt.directory, os.path.join(workdir, workdir_lib.CONFIG))
 
 
 def export_official(config, workdir, path):
@@ -70,4 +75,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, argv=configs.resolve_argv(sys.argv))
+    rcot_app.run(main, "rcot_jax.convert")

@@ -14,29 +14,29 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rcot_jax import configs
+from rcot_jax import app as rcot_app
+from rcot_jax import configs, paths
 
 # TensorFlow only writes TensorBoard files here: keep its start-up notices (oneDNN, CUDA probing) off the console.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Training config file (configs/<task>.py[:variant]).",
+config_flags.DEFINE_config_file("config", None, "Training config file (configs/<task>.py[:variant]); with "
+                                "--mode=eval optional (the run's config.json; a config file adds overrides).",
                                 lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples and eval results.")
+paths.DEFINE_path("workdir", None, "Directory for checkpoints, logs, samples and eval results.")
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "train: train (resuming) and evaluate; eval: evaluate the "
                   "latest checkpoint on the held-out set, with the workdir's config.json.")
 flags.DEFINE_string("compilation_cache", os.environ.get("RCOT_JAX_COMPILATION_CACHE", ""),
                     "Persistent XLA compilation cache directory, so a resumed run or --mode=eval compiles in "
                     "seconds; '' = the user cache directory (~/.cache/rcot_jax/xla), 'off' = none. Default from "
                     "$RCOT_JAX_COMPILATION_CACHE.")
-flags.DEFINE_boolean("traceback", False, "Show the full traceback of an error instead of its message.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
-HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "-?")
 # The keys `--help` shows, with their defaults and the comments of configs/default.py.
 COMMON_KEYS = ("num_train_steps", "data.train_dir", "data.eval_dir", "data.noise_sigma", "data.batch_size",
                "data.patch_size", "data.paired_fraction", "model.backbone", "optim.lr_map", "optim.lr_critic",
@@ -44,8 +44,7 @@ COMMON_KEYS = ("num_train_steps", "data.train_dir", "data.eval_dir", "data.noise
 
 
 def _fail(message):
-    """Exits with `message` on stderr, no traceback."""
-    sys.exit(f"rcot_jax.main: error: {message}")
+    rcot_app.fail("rcot_jax.main", message)
 
 
 def _summary(path):
@@ -85,7 +84,7 @@ def usage():
     return f"""Train or evaluate RCOT (Residual-Conditioned Optimal Transport).
 
   python -m rcot_jax.main --config=configs/<task>.py[:variant] --workdir=DIR [--config.KEY=VALUE ...]
-  python -m rcot_jax.main --config=configs/<task>.py --workdir=DIR --mode=eval
+  python -m rcot_jax.main --workdir=DIR --mode=eval [--config=configs/<task>.py --config.KEY=VALUE ...]
 
 Re-running the same command resumes; --mode=eval evaluates the latest checkpoint with the run's config.json.
 
@@ -150,10 +149,7 @@ def _unknown_override(config, argv):
 
 
 def parse_flags(argv):
-    """absl's flag parsing with one-line errors (no tracebacks) and `--help` that lists configs and keys."""
-    if any(arg in HELP_FLAGS for arg in argv[1:]):
-        print(usage())
-        sys.exit(0)
+    """absl's flag parsing with one-line errors (no tracebacks), naming a config key that does not exist."""
     _check_config_file(argv)
     try:
         return FLAGS(argv)
@@ -169,16 +165,7 @@ def parse_flags(argv):
                 raise
             except Exception:
                 pass
-        _fail(f"{_flag_error_message(e)}\n(--help lists the task configs, their variants and the common keys)")
-
-
-def _flag_error_message(error):
-    """One line for a flag error: config_flags puts the whole traceback of a failing config file in it."""
-    text = str(error).strip()
-    if "Traceback (most recent call last)" not in text:
-        return text
-    flag = text.splitlines()[0].rsplit(":", 2)[0]           # 'flag --config=configs/deblur.py:tny'
-    return f"{flag}: {text.splitlines()[-1].strip()}"
+        _fail(f"{rcot_app.flag_error_message(e)}\n(--help lists the task configs, their variants and the common keys)")
 
 
 def _maybe_initialize_distributed():
@@ -209,7 +196,7 @@ def compilation_cache_dir(setting):
     if setting.lower() in ("off", "none", "0", "false"):
         return None
     if setting:
-        return os.path.abspath(os.path.expanduser(setting))
+        return os.path.abspath(paths.expand(setting))
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return os.environ["JAX_COMPILATION_CACHE_DIR"]
     cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -229,9 +216,16 @@ def _config_for_mode(config):
     line's overrides on top."""
     from rcot_jax import workdir as workdir_lib
     run_config = workdir_lib.read_run_config(FLAGS.workdir) if FLAGS.mode == "eval" else None
+    if config is None:      # --config may be left out only where --mode=eval finds the run's config.json
+        if run_config is None:
+            raise ValueError("--config is required" + (
+                f" (--workdir={FLAGS.workdir} has no config.json to evaluate with)" if FLAGS.mode == "eval" else
+                ": the task config to train, e.g. --config=configs/deblur.py"))
+        from rcot_jax.configs import default
+        config = default.get_config("")
     if run_config is None:
         return config
-    overrides = config_flags.get_override_values(FLAGS["config"])
+    overrides = config_flags.get_override_values(FLAGS["config"]) if FLAGS.config is not None else {}
     config, unknown = workdir_lib.eval_config(config, run_config, overrides)
     logging.info("Evaluating with the run's config (%s)%s", os.path.join(FLAGS.workdir, workdir_lib.CONFIG),
                  f", overridden by {', '.join(f'{k}={v!r}' for k, v in overrides.items())}" if overrides else "")
@@ -244,9 +238,10 @@ def _describe(config):
     """One line: the config file and the keys where `config` differs from that file's own values."""
     from rcot_jax import workdir as workdir_lib
     source = FLAGS["config"].config_filename
+    if source is None:
+        return f"Config {os.path.join(FLAGS.workdir, workdir_lib.CONFIG)} (the run's)"
     changed = workdir_lib.changed_keys(config, _config_file_parser().parse(source))
-    return (f"Config {source}" + "".join(f"\n  {k} = {v!r}" for k, v in changed.items())
-            + f"\n(all keys: {os.path.join(FLAGS.workdir, 'config.json')})")
+    return f"Config {source}" + "".join(f"\n  {k} = {v!r}" for k, v in changed.items())
 
 
 def main(argv):
@@ -271,11 +266,15 @@ def main(argv):
             train.train_and_evaluate(config, FLAGS.workdir)
         else:
             train.evaluate_checkpoint(config, FLAGS.workdir)
-    except (ValueError, FileNotFoundError, FloatingPointError, CheckpointSaveError, WorkdirLocked) as e:
+    except (ValueError, OSError, FloatingPointError, CheckpointSaveError, WorkdirLocked) as e:
         if FLAGS.traceback:
             raise
         _fail(f"{e}\n(--traceback shows where it was raised)")
+    except KeyboardInterrupt as e:     # Ctrl-C: train.Interrupted once a checkpoint is saved, else before one
+        print(f"rcot_jax.main: {e or 'interrupted (Ctrl-C) before training started; nothing was saved'}",
+              file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
-    app.run(main, argv=configs.resolve_argv(sys.argv), flags_parser=parse_flags)
+    rcot_app.run(main, "rcot_jax.main", usage=usage, flags_parser=parse_flags)

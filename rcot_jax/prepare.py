@@ -5,12 +5,14 @@
 """
 from absl import app, flags, logging
 
+from rcot_jax import app as rcot_app
+from rcot_jax import paths
 from rcot_jax.data import builders
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", None, list(builders.LAYOUTS), "The dataset to prepare.")
-flags.DEFINE_string("manual_dir", None, "The folder holding the downloaded dataset, as its layout expects.")
-flags.DEFINE_string("data_dir", None, "Where prepared datasets live (the training config's data.data_dir).")
+paths.DEFINE_path("manual_dir", None, "The folder holding the downloaded dataset, as its layout expects.")
+paths.DEFINE_path("data_dir", None, "Where prepared datasets live (the training config's data.data_dir).")
 flags.DEFINE_enum("bad_files", "error", ["error", "skip"], "Unreadable, unmatched or mis-sized files: stop with "
                   "an error naming them, or skip them (logged).")
 flags.mark_flags_as_required(["dataset", "manual_dir", "data_dir"])
@@ -25,4 +27,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    rcot_app.run(main, "rcot_jax.prepare")

@@ -19,19 +19,21 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from PIL import Image, ImageOps
 
-from rcot_jax import configs
+from rcot_jax import app as rcot_app
+from rcot_jax import paths
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags():
     """The command's flags (defined only when it runs, so importing this module defines none)."""
-    flags.DEFINE_string("input", None, "An image file or a folder of images.")
-    flags.DEFINE_string("output", None, "The folder to write the restored images to (same file names).")
-    flags.DEFINE_string("workdir", None, "A training run: its config.json and latest checkpoint.")
-    flags.DEFINE_string("checkpoint", None, "Instead of --workdir: a run's checkpoint directory, or an official "
+    paths.DEFINE_path("input", None, "An image file or a folder of images.")
+    paths.DEFINE_path("output", None, "The folder to write the restored images to (same file names).")
+    paths.DEFINE_path("workdir", None, "A training run: its config.json and latest checkpoint.")
+    paths.DEFINE_path("checkpoint", None, "Instead of --workdir: a run's checkpoint directory, or an official "
                         ".pth/.safetensors file; needs --config.")
-    config_flags.DEFINE_config_file("config", None, "With --checkpoint: the config describing the networks.")
+    config_flags.DEFINE_config_file("config", None, "With --checkpoint, or a --workdir without config.json: the "
+                                    "config describing the networks.")
     flags.DEFINE_integer("tile", 256, "Tile size (a multiple of 16); 0 = the whole image at once.")
     flags.DEFINE_integer("overlap", 32, "Pixels shared by neighbouring tiles, blended linearly.")
     flags.DEFINE_integer("batch_size", 4, "Tiles per call (rounded up to a multiple of the local devices).")
@@ -44,30 +46,33 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 
 def read_image(path):
-    """(RGB float32 [H, W, 3] in [0, 1], how to write the result back: {mode, alpha, bits})."""
+    """(RGB float32 [H, W, 3] in [0, 1], how to write the result back: {mode, alpha, bits, info}); `info` holds
+    the EXIF (its orientation already applied to the pixels) and ICC profile to write back."""
     if path.lower().endswith((".tif", ".tiff")):
         import tifffile
         arr = tifffile.imread(path)
         if arr.dtype == np.uint16 and arr.ndim == 3 and arr.shape[2] in (3, 4):     # Pillow reads these as 8-bit
             rgb = arr[:, :, :3].astype(np.float32) / 65535.0
             return rgb, {"mode": "RGB" if arr.shape[2] == 3 else "RGBA", "alpha": arr[:, :, 3:] if
-                         arr.shape[2] == 4 else None, "bits": 16}
+                         arr.shape[2] == 4 else None, "bits": 16, "info": {}}
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im)
         im.load()
+        info = {k: im.info[k] for k in ("exif", "icc_profile") if im.info.get(k)}
         if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
             grey = np.asarray(im, np.float32) / 65535.0
-            return np.repeat(grey[:, :, None], 3, axis=2), {"mode": "L", "alpha": None, "bits": 16}
+            return np.repeat(grey[:, :, None], 3, axis=2), {"mode": "L", "alpha": None, "bits": 16, "info": info}
         if im.mode == "P":
             im = im.convert("RGBA" if "transparency" in im.info else "RGB")
         mode = {"1": "L", "L": "L", "LA": "LA", "RGBA": "RGBA", "PA": "RGBA"}.get(im.mode, "RGB")
         alpha = np.asarray(im.getchannel("A")) if mode in ("LA", "RGBA") else None
         rgb = np.asarray(im.convert("RGB"), np.float32) / 255.0
-    return rgb, {"mode": mode, "alpha": alpha, "bits": 8}
+    return rgb, {"mode": mode, "alpha": alpha, "bits": 8, "info": info}
 
 
 def write_image(path, rgb, meta):
-    """Writes `rgb` (float [H, W, 3] in [0, 1]) in the input's mode and bit depth, atomically."""
+    """Writes `rgb` (float [H, W, 3] in [0, 1]) in the input's mode and bit depth, atomically, with its ICC profile
+    and (JPEG, PNG, WebP: where Pillow carries it) its EXIF; not for 16-bit colour TIFF (written by tifffile)."""
     scale, dtype = (65535.0, np.uint16) if meta["bits"] == 16 else (255.0, np.uint8)
     if meta["mode"] in ("L", "LA"):      # ITU-R 601-2 luma, as Pillow's RGB -> L
         pixels = np.round(np.clip(rgb @ np.float32([0.299, 0.587, 0.114]), 0, 1) * scale).astype(dtype)
@@ -83,37 +88,52 @@ def write_image(path, rgb, meta):
         tifffile.imwrite(tmp, pixels)
     else:
         image = Image.fromarray(pixels)
-        image.save(tmp, **({"quality": 95} if ext.lower() in (".jpg", ".jpeg") else
-                           {"lossless": True} if ext.lower() == ".webp" else {}))
+        options = {"quality": 95} if ext.lower() in (".jpg", ".jpeg") else \
+            {"lossless": True} if ext.lower() == ".webp" else {}
+        image.save(tmp, **options, **(meta["info"] if ext.lower() != ".bmp" else {}))
     os.replace(tmp, path)
 
 
 def list_inputs(path):
+    """The images `--input` names: the file, or the folder's images (refused when it holds none)."""
     if os.path.isdir(path):
-        return sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(EXTENSIONS))
+        found = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(EXTENSIONS))
+        if not found:
+            raise FileNotFoundError(f"--input={path}: the folder holds no images "
+                                    f"({', '.join(e[1:] for e in EXTENSIONS)})")
+        return found
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--input={path}: no such file or folder")
+        raise FileNotFoundError(f"--input={path}: no such file or folder (missing)")
     return [path]
 
 
+def check_output(inputs, output):
+    """Refuses an `--output` folder where a restored image would replace its own input."""
+    same = [p for p in inputs if os.path.realpath(os.path.join(output, os.path.basename(p))) == os.path.realpath(p)]
+    if same:
+        raise ValueError(f"--output={output}: the restored images would replace their inputs ({same[0]}"
+                         f"{f' and {len(same) - 1} more' if len(same) > 1 else ''}); choose another folder")
+
+
 def load_map(workdir=None, checkpoint=None, config=None):
-    """(T module, its parameters) of a run (`workdir`) or of a checkpoint (`checkpoint` + `config`)."""
+    """(T module, its parameters) of a run (`workdir`, with its config.json, else `config`) or of a checkpoint
+    (`checkpoint` + `config`)."""
     import jax
     import ml_collections
     from rcot_jax import steps
     from rcot_jax import workdir as workdir_lib
     from rcot_jax.weights import checkpoints
-    if workdir:
-        run_config = workdir_lib.read_run_config(workdir)
-        if run_config is None:
-            raise FileNotFoundError(f"--workdir={workdir}: no config.json (not a training run)")
+    run_config = workdir_lib.read_run_config(workdir) if workdir else None
+    if run_config is not None:
         config = ml_collections.ConfigDict(run_config)
     elif config is None:
-        raise ValueError("--checkpoint needs --config (the networks it holds)")
+        raise (FileNotFoundError(f"--workdir={workdir}: no config.json (not a training run); give --config "
+                                 "describing its networks") if workdir else
+               ValueError("--checkpoint needs --config (the networks it holds)"))
     t_model, _ = steps.build_models(config)
     path = workdir or checkpoint
     if os.path.isfile(path):
-        t_params, _ = checkpoints.official_to_params(config, [path])
+        t_params = {"params": checkpoints.official_to_params(config, [path])[0]}
     else:
         abstract = jax.eval_shape(lambda: steps.create_train_state(config, jax.random.key(0)))
         t_params = checkpoints.init_from(path, abstract).t_params
@@ -152,6 +172,7 @@ def main(argv):
         raise app.UsageError("give exactly one of --workdir and --checkpoint")
     from rcot_jax import inference
     inputs = list_inputs(FLAGS.input)
+    check_output(inputs, FLAGS.output)
     model, params = load_map(FLAGS.workdir, FLAGS.checkpoint, FLAGS.config)
     restorer = inference.Restorer(model, params, FLAGS.tile, FLAGS.overlap, FLAGS.batch_size, FLAGS.ensemble)
     written, existing, failed = restore_files(restorer, inputs, FLAGS.output, FLAGS.overwrite)
@@ -164,4 +185,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main, argv=configs.resolve_argv(sys.argv))
+    rcot_app.run(main, "rcot_jax.restore")

@@ -6,9 +6,10 @@ Workdir contents:
   checkpoints/<step> Orbax checkpoints (train state + data iterator position), the last `keep_checkpoints`
   events.out.tfevents.*   TensorBoard scalars (train metrics, eval PSNR/SSIM, steps/s) and sample images
   samples/step_<step>.png sample grids: degraded | first pass | restored | target, one held-out crop per row
-  eval.jsonl         one JSON line per evaluation: step, psnr, ssim, input_psnr, input_ssim (+ per degradation;
-                     "mode": "eval" for `--mode=eval`)
-  eval/<split>_<step>/  `--mode=eval`: per_image.csv, summary.json, images/*.png (the restored held-out set)
+  eval.jsonl         one JSON line per evaluation: step, profile, psnr, ssim, input_psnr, input_ssim (+ per
+                     degradation; "mode": "eval" for `--mode=eval`)
+  eval/<split>_<step>_<profile>/  `--mode=eval`: per_image.csv, summary.json, images/*.png (the restored
+                     held-out set), one folder per metric profile
   run.lock           held by the running process (pid@host)
 Re-running with the same workdir resumes from the latest checkpoint; a finished run is not retrained.
 """
@@ -40,24 +41,33 @@ from rcot_jax.weights import checkpoints as weights_checkpoints
 BATCH_KEYS = ("degraded", "target", "paired", "de_id")   # what the train step reads
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped training after the step it names, whose checkpoint was saved."""
+
+
 class _Preemption:
-    """Turns SIGTERM into a flag the loop polls; all processes stop at the same step."""
+    """Turns SIGTERM (preemption) and SIGINT (Ctrl-C) into a flag the loop polls; all processes stop at the same
+    step. A second Ctrl-C interrupts at once (Python's default), for a save that hangs."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self.received = None
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def _handle(self, signum, frame):
-        logging.warning("SIGTERM received: saving a checkpoint and stopping")
-        self.requested = True
+        self.received = signal.Signals(signum).name
+        logging.warning("%s received: saving a checkpoint and stopping", self.received)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def should_stop(self):
         if jax.process_count() == 1:
-            return self.requested
-        return bool(multihost_utils.process_allgather(np.int32(self.requested)).any())
+            return self.received is not None
+        return bool(multihost_utils.process_allgather(np.int32(self.received is not None)).any())
 
     def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 def _check_finite(history):
@@ -155,21 +165,32 @@ def _setup(config, workdir, create=True, held=None, step=None):
     return mesh, data_iter, eval_data, ckpt, state
 
 
+def _eval_line(step, profile, result, **extra):
+    """One line of eval.jsonl: the step, the metric profile and the scores (4 decimals)."""
+    return {"step": step, "profile": profile, **{k: round(v, 4) for k, v in result.items()}, **extra}
+
+
+def _eval_scalars(profile, result):
+    """TensorBoard's eval scalars, tagged with the metric profile: eval/<profile>/psnr, ..."""
+    return {f"eval/{profile}/{k}": v for k, v in result.items()}
+
+
 def _config_hash(config):
     return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:12]
 
 
 def evaluate_checkpoint(config, workdir):
     """The `--mode=eval` command: restores the held-out set with the latest checkpoint (or `config.eval.step`),
-    appends the result to eval.jsonl and TensorBoard, and writes `eval/<split>_<step>/`: per_image.csv,
+    appends the result to eval.jsonl and TensorBoard, and writes `eval/<split>_<step>_<profile>/`: per_image.csv,
     summary.json and (`config.eval.save_images`) the restored images as PNG. The folder appears complete or not
-    at all (written as `<split>_<step>.partial`, then renamed)."""
+    at all (written as `<split>_<step>_<profile>.partial`, then renamed); each metric profile keeps its own."""
     workdir = os.path.abspath(workdir)
     _require_checkpoint(os.path.join(workdir, "checkpoints"))
     mesh, _, eval_data, ckpt, state = _setup(config, workdir, create=False, step=config.eval.step or None)
     ckpt.close()
     step, is_main = int(state.step), jax.process_index() == 0
-    final = os.path.join(workdir, "eval", f"{eval_data.split}_{step}")
+    profile = config.eval.metric_profile
+    final = os.path.join(workdir, "eval", f"{eval_data.split}_{step}_{profile}")
     partial = final + ".partial"
     if is_main:
         shutil.rmtree(partial, ignore_errors=True)
@@ -197,9 +218,9 @@ def evaluate_checkpoint(config, workdir):
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
         with open(os.path.join(workdir, "eval.jsonl"), "a") as f:
-            f.write(json.dumps({"step": step, **{k: round(v, 4) for k, v in result.items()}, "mode": "eval"}) + "\n")
+            f.write(json.dumps(_eval_line(step, profile, result, mode="eval")) + "\n")
         writer = writers.summary_writer(workdir)
-        writer.write_scalars(step, {f"eval/{k}": v for k, v in result.items()})
+        writer.write_scalars(step, _eval_scalars(profile, result))
         writer.close()
         logging.info("Wrote %s", final)
     return result
@@ -221,6 +242,7 @@ def _train_and_evaluate(config, workdir, held):
     first_step = int(state.step)
     if is_main:
         workdir_lib.record_config(workdir, config, first_step)
+        logging.info("Every key of this launch's config: %s", os.path.join(workdir, workdir_lib.CONFIG))
     os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
     eval_log = os.path.join(workdir, "eval.jsonl")
     if is_main:
@@ -237,6 +259,7 @@ def _train_and_evaluate(config, workdir, held):
     evaluator = _announce_first_call(make_evaluator(config, mesh), "the evaluation")
     preemption = _Preemption()
     pending = []     # (step, metrics still on the device): fetched only when logged, to keep the device busy
+    step = first_step
     try:
         for step in range(first_step + 1, config.num_train_steps + 1):
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
@@ -257,14 +280,14 @@ def _train_and_evaluate(config, workdir, held):
                 writer.write_scalars(step, means)
             if do_eval:
                 result, rows = evaluate(evaluator, state.t_params, eval_data, config.num_sample_images)
-                writer.write_scalars(step, {f"eval/{k}": v for k, v in result.items()})
+                writer.write_scalars(step, _eval_scalars(config.eval.metric_profile, result))
                 if is_main:     # the sample rows are process 0's
                     grid = sample_grid(rows, config.data.eval_size)
                     writer.write_images(step, {"samples": grid[None]})
                     workdir_lib.write_atomic(os.path.join(workdir, "samples", f"step_{step:07d}.png"),
                                   lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
                     with open(eval_log, "a") as f:
-                        f.write(json.dumps({"step": step, **{k: round(v, 4) for k, v in result.items()}}) + "\n")
+                        f.write(json.dumps(_eval_line(step, config.eval.metric_profile, result)) + "\n")
                 logging.info("Eval at step %d: PSNR %.2f dB, SSIM %.4f (input: %.2f dB, %.4f)", step,
                              result["psnr"], result["ssim"], result["input_psnr"], result["input_ssim"])
             if do_save:
@@ -274,7 +297,8 @@ def _train_and_evaluate(config, workdir, held):
                                              "saving (the last checkpoint is intact)")
                 ckpt.save(step, state, data_iter)
             if stop:
-                logging.warning("Stopped by SIGTERM after step %d; checkpoint saved", step)
+                logging.warning("Stopped by %s after step %d; checkpoint saved", preemption.received or "another "
+                                "process's signal", step)
                 break
     finally:
         preemption.restore()
@@ -283,4 +307,7 @@ def _train_and_evaluate(config, workdir, held):
         finally:    # also when the last save failed: close() removes what its writes left
             ckpt.close()
             writer.flush()
+    if preemption.received == "SIGINT":
+        raise Interrupted(f"interrupted (Ctrl-C) after step {step}; its checkpoint is saved in {ckpt.directory}: "
+                          "run the same command to resume")
     return state

@@ -199,3 +199,40 @@ def test_the_writes_a_failed_save_abandons_log_nothing_when_freed_and_other_asyn
     del tasks                # each task is freed with its exception never retrieved
     gc.collect()
     assert [r.exc_info[0] for r in caplog.records if "never retrieved" in r.getMessage()] == [ValueError]
+
+
+# --- every command ---------------------------------------------------------------------------------------------
+
+COMMANDS = ("main", "restore", "convert", "benchmark", "ablate", "prepare")
+
+
+def _command(name, *args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", f"rcot_jax.{name}", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_help_lists_the_commands_flags_and_exits_0(name):
+    result = _command(name, "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--[no]traceback" in result.stdout
+    own = {"main": "--workdir", "restore": "--input", "convert": "--export", "benchmark": "--topology",
+           "ablate": "--grid", "prepare": "--manual_dir"}[name]
+    assert own in result.stdout
+
+
+@pytest.mark.parametrize("name,args,message", [
+    ("restore", ["--workdir=W", "--input=~/no_photo.png", "--output=out"],
+     "--input={home}/no_photo.png: no such file or folder (missing)"),
+    ("convert", ["--checkpoint=missing.pth", "--config=configs/derain.py:tiny", "--workdir=W"],
+     "missing.pth: missing (no such checkpoint file)"),
+    ("prepare", ["--dataset=rain100l", "--manual_dir=~/Rain100L", "--data_dir=data"],
+     "--manual_dir='{home}/Rain100L' does not exist; expected train/rainy/rain-N.png"),
+])
+def test_ordinary_mistakes_are_one_line_without_a_traceback(name, args, message, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = _command(name, *args, cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    first, hint = result.stderr.strip().splitlines()[-2:]
+    assert first.startswith(f"rcot_jax.{name}: error: {message.format(home=tmp_path)}"), first
+    assert hint == "(--traceback shows where it was raised)" and not os.path.exists(tmp_path / "W")

@@ -1,4 +1,6 @@
-"""PSNR / SSIM profiles against scikit-image, a BT.601 formula, the official RCOT formula, and JAX vs NumPy."""
+"""PSNR / SSIM profiles against scikit-image, a BT.601 formula, the official RCOT formula, NAFNet's 3-D SSIM, and JAX
+vs NumPy; the inputs they take (floats in [0, 1], uint8, uint16, greyscale) and refuse."""
+import jax
 import numpy as np
 import pytest
 from skimage import color, data
@@ -128,7 +130,7 @@ def test_identical_images_and_too_small_images():
 @pytest.mark.parametrize("fn", [metrics.psnr, metrics.ssim, metrics.psnr_jax, metrics.ssim_jax])
 def test_unknown_profile_names_the_config_key_and_the_profiles(fn):
     a, _ = _pair(1, (16, 16, 3))
-    with pytest.raises(ValueError, match=r"'ycbcr'.*config\.eval\.metric_profile.*rgb, y, allinone, rcot_official"):
+    with pytest.raises(ValueError, match=r"'ycbcr'.*config\.eval\.metric_profile.*rgb, y, allinone, rcot_official, nafnet"):
         fn(a, a, profile="ycbcr")
 
 
@@ -152,3 +154,96 @@ def test_jax_quantises_float32_exactly_as_numpy():
     x = np.concatenate([ties + k * np.spacing(ties) for k in range(-8, 9)] + [np.float32([0, 1, -0.1, 1.2])])
     assert (np.round(x * np.float32(255)) != metrics.to_uint8(x)).any()  # the naive float32 path would differ
     np.testing.assert_array_equal(np.asarray(metrics._to_uint8_jax(x)), metrics.to_uint8(x))
+
+
+def _nafnet_ssim(img1, img2):
+    """NAFNet's `calculate_ssim` (ssim3d) written out with PyTorch: a Conv3d over (H, W, C) whose 11x11x11 kernel
+    is the outer product of three 1-D Gaussians (sigma 1.5), replicate padding 5, C1/C2 of the 0-255 range, the
+    mean of the full map."""
+    torch = pytest.importorskip("torch")
+    g = np.exp(-((np.arange(11) - 5) ** 2) / (2 * 1.5 ** 2))
+    g /= g.sum()
+    kernel = torch.tensor(np.einsum("i,j,k->ijk", g, g, g))[None, None]
+
+    def blur(v):
+        v = torch.tensor(v)[None, None]
+        return torch.nn.functional.conv3d(torch.nn.functional.pad(v, (5,) * 6, mode="replicate"), kernel)[0, 0]
+
+    x, y = (torch.tensor(np.asarray(v, np.float64)) for v in (img1, img2))
+    x, y = x.numpy(), y.numpy()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mu1, mu2 = blur(x), blur(y)
+    s11, s22, s12 = blur(x * x) - mu1 ** 2, blur(y * y) - mu2 ** 2, blur(x * y) - mu1 * mu2
+    return float((((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1 ** 2 + mu2 ** 2 + c1) * (s11 + s22 + c2))).mean())
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_nafnet_profile_matches_its_3d_ssim_and_rgb_psnr(name):
+    a, b = PAIRS[name]
+    ua, ub = metrics.to_uint8(a), metrics.to_uint8(b)
+    expected = _nafnet_ssim(ua, ub)
+    assert metrics.ssim(a, b, profile="nafnet") == pytest.approx(expected, abs=1e-12)
+    assert float(metrics.ssim_jax(a.astype(np.float32), b.astype(np.float32), "nafnet")) == pytest.approx(
+        expected, abs=1e-5)
+    assert metrics.psnr(a, b, profile="nafnet") == metrics.psnr(a, b, profile="rgb")
+    assert abs(expected - metrics.ssim(a, b)) > 1e-3     # not the 2-D SSIM of `rgb`
+    assert metrics.ssim(a[:5, :7], a[:5, :7], profile="nafnet") == pytest.approx(1.0)    # full-size map: any size
+
+
+def _uint(shape, dtype, seed):
+    top = np.iinfo(dtype).max
+    rng = np.random.default_rng(seed)
+    clean = rng.integers(0, top + 1, shape)
+    return clean.astype(dtype), np.clip(clean + rng.normal(0, 0.1 * top, shape), 0, top).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_integer_images_are_read_at_their_dtype_range(dtype):
+    """uint8 / 255 and uint16 / 65535, then quantised to the 8 bits a saved result has: equal to scikit-image on
+    those 8-bit values, in NumPy and JAX (the 8-bit values of uint16 x are round(x / 257))."""
+    a, b = _uint((40, 37, 3), dtype, 3)
+    eight = (lambda v: v) if dtype == np.uint8 else (lambda v: np.round(v / 257).astype(np.uint8))
+    ua, ub = eight(a), eight(b)
+    psnr = peak_signal_noise_ratio(ua, ub, data_range=255)
+    ssim = structural_similarity(ua, ub, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                 channel_axis=-1, data_range=255)
+    assert metrics.psnr(a, b) == pytest.approx(psnr, abs=1e-9) and psnr < 25
+    assert metrics.ssim(a, b) == pytest.approx(ssim, abs=1e-9)
+    assert float(metrics.psnr_jax(a, b)) == pytest.approx(psnr, abs=1e-4)
+    assert float(metrics.ssim_jax(a, b)) == pytest.approx(ssim, abs=1e-5)
+    assert metrics.psnr(a, b) == metrics.psnr(a / np.iinfo(dtype).max, b / np.iinfo(dtype).max)
+
+
+@pytest.mark.parametrize("fn", [metrics.psnr, metrics.ssim, metrics.psnr_jax, metrics.ssim_jax])
+def test_out_of_range_floats_and_other_dtypes_are_refused(fn):
+    a, b = np.full((2, 16, 16, 3), 0.5), np.full((2, 16, 16, 3), 0.25)
+    a[1, 2, 3, 0], a[0, 0, 0, 2] = -0.5, 1.0
+    name = fn.__name__
+    with pytest.raises(ValueError, match=rf"^{name}: float images must lie in \[0, 1\], got values in \[-0.5, 1\]"):
+        fn(a, b)
+    with pytest.raises(ValueError, match=rf"^{name}: float images must lie in \[0, 1\], got values in \[nan"):
+        fn(b, np.where(a > 0.5, np.nan, b))
+    with pytest.raises(ValueError, match=rf"^{name}: int32 images are not supported; pass floats in \[0, 1\], or "
+                                         r"uint8 / uint16"):
+        fn((a * 255).astype(np.int32), b)
+
+
+def test_under_jit_an_image_out_of_range_scores_nan():
+    a, b = _pair(2, (2, 16, 16, 3))
+    a[0, 3, 3, 1] = 1.5
+    for fn in (metrics.psnr_jax, metrics.ssim_jax):
+        got = np.asarray(jax.jit(fn)(a.astype(np.float32), b.astype(np.float32)))
+        assert np.isnan(got[0]) and np.isfinite(got[1])
+
+
+def test_greyscale_images_are_their_own_luma_under_y():
+    a, b = (v[..., 1:2] for v in PAIRS["astronaut"])
+    ua, ub = metrics.to_uint8(a)[..., 0], metrics.to_uint8(b)[..., 0]
+    psnr = peak_signal_noise_ratio(ua, ub, data_range=255)
+    ssim = structural_similarity(ua, ub, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                 data_range=255)
+    for fn, expected in ((metrics.psnr, psnr), (metrics.ssim, ssim), (metrics.psnr_jax, psnr),
+                         (metrics.ssim_jax, ssim)):
+        assert float(fn(a.astype(np.float32), b.astype(np.float32), "y")) == pytest.approx(expected, abs=1e-4)
+    with pytest.raises(ValueError, match=r"'y' metric profile takes RGB or greyscale images .* got shape \(96, 96, 2\)"):
+        metrics.psnr(PAIRS["astronaut"][0][..., :2], PAIRS["astronaut"][1][..., :2], "y")

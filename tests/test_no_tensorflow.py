@@ -16,7 +16,7 @@ def _python(code, tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
            "JAX_COMPILATION_CACHE_DIR": os.path.abspath(os.path.join(ROOT, ".jax_cache"))}
     run = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=300)
+                         text=True, timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr[-5000:]
     return run.stdout
 
@@ -41,9 +41,11 @@ def test_training_runs_without_tensorflow(tmp_path):
             importlib.import_module("rcot_jax." + name)
         from rcot_jax import train
         from rcot_jax.configs import denoise
-        state = train.train_and_evaluate(denoise.get_config("tiny"), {str(workdir)!r})
+        config = denoise.get_config("tiny")
+        config.model.backbone = "mprnet"     # compiles in half the time of the tiny Restormer, same loop
+        state = train.train_and_evaluate(config, {str(workdir)!r})
         assert int(state.step) == 3
-        train.evaluate_checkpoint(denoise.get_config("tiny"), {str(workdir)!r})      # --mode=eval
+        train.evaluate_checkpoint(config, {str(workdir)!r})      # --mode=eval
         assert "clu.metric_writers" not in sys.modules and "tensorflow_datasets" not in sys.modules
     """, tmp_path)
 
@@ -53,9 +55,9 @@ def test_training_runs_without_tensorflow(tmp_path):
     assert all(isinstance(line["step"], int) for line in lines)
     train_lines = [line for line in lines if any(k.startswith("train/") for k in line)]
     assert [line["step"] for line in train_lines] == [1, 2, 3]     # tiny logs every step
-    eval_lines = [line for line in lines if "eval/psnr" in line]      # the run's, then --mode=eval's
+    eval_lines = [line for line in lines if "eval/rgb/psnr" in line]      # the run's, then --mode=eval's
     assert [line["step"] for line in eval_lines] == [3, 3]
-    assert all(abs(line["eval/psnr"] - evaluation["psnr"]) < 1e-3 for line in eval_lines)
+    assert all(abs(line["eval/rgb/psnr"] - evaluation["psnr"]) < 1e-3 for line in eval_lines)
     assert not [n for n in os.listdir(workdir) if n.startswith("events.out")]
     assert os.listdir(workdir / "samples") == ["step_0000003.png"]
 

@@ -93,3 +93,33 @@ def test_the_command_restores_with_a_trained_run(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert Image.open(tmp_path / "out" / "photo.png").size == (90, 70)
+
+
+def test_exif_and_icc_are_kept_with_the_orientation_applied(tmp_path):
+    """A phone photo rotated by its EXIF: the pixels are read upright, and the result keeps the camera's tags and
+    colour profile but not the orientation, which would rotate it a second time."""
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0112] = "TestCam", 6              # Make; Orientation: rotate 90 degrees to view
+    icc = b"\0" * 128 + b"fake profile"
+    pixels = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    for name in ("phone.jpg", "phone.png", "phone.webp"):
+        Image.fromarray(pixels).save(tmp_path / name, exif=exif.tobytes(), icc_profile=icc)
+        rgb, meta = restore.read_image(str(tmp_path / name))
+        assert rgb.shape == (40, 30, 3)                     # upright
+        restore.write_image(str(tmp_path / f"out_{name}"), rgb, meta)
+        with Image.open(tmp_path / f"out_{name}") as out:
+            assert out.size == (30, 40) and out.info.get("icc_profile") == icc, name
+            assert out.getexif().get(0x010F) == "TestCam" and out.getexif().get(0x0112, 1) == 1, name
+
+
+def test_an_output_folder_that_would_replace_the_inputs_and_an_empty_input_are_refused(tmp_path):
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "photos" / "a.png")
+    inputs = restore.list_inputs(str(tmp_path / "photos"))
+    for output in (tmp_path / "photos", tmp_path / "photos" / "."):
+        with pytest.raises(ValueError, match=r"--output=.*: the restored images would replace their inputs \(.*a\.png\)"):
+            restore.check_output(inputs, str(output))
+    restore.check_output(inputs, str(tmp_path / "restored"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"--input=.*empty: the folder holds no images \(png, jpg"):
+        restore.list_inputs(str(tmp_path / "empty"))

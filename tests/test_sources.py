@@ -4,6 +4,8 @@ import csv
 import itertools
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -225,6 +227,21 @@ def test_a_failed_preparation_leaves_nothing_that_loads(tmp_path):
         builders.prepare("gopr", manual, str(tmp_path / "data"))
 
 
+def test_the_readme_prepare_command_with_a_literal_tilde(tmp_path, monkeypatch):
+    """`--manual_dir=~/Rain100L --data_dir=~/rcot_data` as the README writes it: the shell leaves `~` alone after
+    `=`; the command expands it, and a config's `data.data_dir=~/rcot_data` then finds the dataset."""
+    fabricate("rain100l", str(tmp_path / "Rain100L"))
+    (cwd := tmp_path / "cwd").mkdir()
+    env = {**os.environ, "HOME": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "rcot_jax.prepare", "--dataset=rain100l", "--manual_dir=~/Rain100L",
+                          "--data_dir=~/rcot_data"], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert os.listdir(cwd) == [] and (tmp_path / "rcot_data" / "rain100l").is_dir()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = _tiny(derain, source="tfds", name="rain100l", data_dir="~/rcot_data")
+    assert len(pipeline.eval_components(config.data)[0][0]) == 2
+
+
 def _tiny(module, **data):
     c = module.get_config("tiny")
     c.num_train_steps, c.eval_every_steps, c.checkpoint_every_steps = 2, 2, 2
@@ -284,7 +301,14 @@ def test_eval_command_writes_per_image_rows_a_summary_and_images(tmp_path):
         train.evaluate_checkpoint(c, str(tmp_path / "run"))
     c.eval.step = 2
     result = train.evaluate_checkpoint(c, str(tmp_path / "run"))
-    out = tmp_path / "run" / "eval" / "test_2"
+    c.eval.metric_profile = "nafnet"
+    other = train.evaluate_checkpoint(c, str(tmp_path / "run"))      # a second profile of the same step
+    assert sorted(os.listdir(tmp_path / "run" / "eval")) == ["test_2_nafnet", "test_2_y"]
+    lines = [json.loads(line) for line in open(tmp_path / "run" / "eval.jsonl")]
+    assert [(line["step"], line["profile"], line.get("mode")) for line in lines] == [
+        (2, "rgb", None), (2, "y", "eval"), (2, "nafnet", "eval")]
+    assert lines[1]["ssim"] == round(result["ssim"], 4) and lines[2]["ssim"] == round(other["ssim"], 4)
+    out = tmp_path / "run" / "eval" / "test_2_y"
     rows = list(csv.DictReader(open(out / "per_image.csv")))
     summary = json.load(open(out / "summary.json"))
     assert [r["name"] for r in rows] == ["rain-1", "rain-2", "rain-3"] and summary["profile"] == "y"

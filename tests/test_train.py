@@ -1,5 +1,5 @@
 """The training program end to end on tiny configs and 8 CPU devices: every task trains and evaluates;
-resume, completion, SIGTERM, SIGKILL and non-finite losses."""
+resume, completion, SIGTERM, Ctrl-C, SIGKILL and non-finite losses."""
 import json
 import os
 import shutil
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from rcot_jax.configs import allinone, deblur, dehaze, denoise, derain, lowlight, sr
-from rcot_jax import steps, train
+from rcot_jax import steps, train, writers
 from rcot_jax import workdir as workdir_lib
 from rcot_jax.checkpointing import Checkpointer
 from rcot_jax.data import pipeline
@@ -103,15 +103,35 @@ def _wait_for(proc, text, timeout=300):
     raise AssertionError(f"{text!r} not seen:\n" + "".join(seen[-30:]))
 
 
-def test_sigterm_saves_a_checkpoint_that_restores(tmp_path):
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     proc = _launch(tmp_path, "--config.checkpoint_every_steps=1000")
     _wait_for(proc, "] [2] train/")
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 0, out[-3000:]
-    assert "Stopped by SIGTERM after step" in out
+    assert proc.returncode == 130, out[-3000:]
+    assert "Traceback" not in out and "Exception ignored" not in out, out[-3000:]
     step, restored = _restore_latest(deblur.get_config("tiny"), str(tmp_path))
     assert step >= 2 and int(restored.step) == step
+    assert out.strip().splitlines()[-1] == (f"rcot_jax.main: interrupted (Ctrl-C) after step {step}; its checkpoint "
+                                            f"is saved in {tmp_path}/checkpoints: run the same command to resume")
+
+
+def test_sigterm_saves_a_checkpoint_and_returns(tmp_path, monkeypatch):
+    """Preemption (in this process: SIGTERM sent to itself at step 2) saves the step it stopped at."""
+    config = deblur.get_config("tiny")
+    config.num_train_steps, config.eval_every_steps, config.checkpoint_every_steps = 1000, 1000, 1000
+    report = writers.ReportProgress.__call__
+
+    def report_and_signal(self, step, t):
+        report(self, step, t)
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(writers.ReportProgress, "__call__", report_and_signal)
+    previous = signal.getsignal(signal.SIGTERM)
+    state = train.train_and_evaluate(config, str(tmp_path))
+    step, restored = _restore_latest(deblur.get_config("tiny"), str(tmp_path))
+    assert int(state.step) == step == int(restored.step) == 2
+    assert signal.getsignal(signal.SIGTERM) == previous     # the handler is removed again
 
 
 def test_sigkill_then_rerun_finishes_the_run(tmp_path, caplog):

@@ -251,7 +251,8 @@ def test_convert_then_eval_export_and_init_from(tmp_path):
     workdir = str(tmp_path / "w")
     _run("rcot_jax.convert", f"--checkpoint={map_file}", f"--checkpoint={critic_file}", f"--workdir={workdir}",
          *config)
-    log = _run("rcot_jax.main", "--mode=eval", f"--workdir={workdir}", *config)
+    assert os.path.exists(os.path.join(workdir, "config.json"))      # a complete run: no --config needed again
+    log = _run("rcot_jax.main", "--mode=eval", f"--workdir={workdir}")
     assert "Eval of step 0" in log
 
     _run("rcot_jax.convert", f"--export={tmp_path / 'out.pth'}", f"--workdir={workdir}", *config)
@@ -271,3 +272,17 @@ def test_convert_then_eval_export_and_init_from(tmp_path):
     expected = weights.to_params(official_state_dict("mprnet"), model_of("mprnet"), abstract("mprnet"), "m")
     jax.tree.map(np.testing.assert_array_equal, started.t_params["params"], expected)
     assert int(started.step) == 0
+
+    # restore reads the converted run, a checkpoint directory without config.json (given --config), and the
+    # export's .pth; each gives parameters the map applies.
+    from rcot_jax.restore import load_map
+    os.makedirs(bare := str(tmp_path / "bare"))
+    os.symlink(os.path.join(workdir, "checkpoints"), os.path.join(bare, "checkpoints"))
+    x = np.random.default_rng(0).random((1, 16, 16, 3), np.float32)
+    for kwargs in ({"workdir": workdir}, {"workdir": bare, "config": cfg},
+                   {"checkpoint": str(tmp_path / "out.pth"), "config": cfg}):
+        model, params = load_map(**kwargs)
+        jax.tree.map(np.testing.assert_array_equal, params["params"], expected)
+        assert model.apply(params, x).shape == x.shape
+    with pytest.raises(FileNotFoundError, match=r"no config\.json \(not a training run\); give --config"):
+        load_map(workdir=bare)

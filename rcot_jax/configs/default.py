@@ -83,8 +83,9 @@ def get_config(arg=None):
     c.data.eval_batch_size = 8                # images per evaluation forward pass
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.metric_profile = "rgb"             # 'rgb' | 'y' | 'allinone' | 'rcot_official' (rcot_jax.metrics): the
-                                              # PSNR/SSIM of eval.jsonl, TensorBoard and --mode=eval
+    c.eval.metric_profile = "rgb"             # 'rgb' | 'y' | 'allinone' | 'rcot_official' | 'nafnet'
+                                              # (rcot_jax.metrics): the PSNR/SSIM of eval.jsonl, TensorBoard and
+                                              # --mode=eval
     c.eval.crop_border = 0                    # pixels cropped from every side before scoring ('y' for SR: 4)
     c.eval.save_images = True                 # --mode=eval writes the restored images too
     c.eval.step = 0                           # --mode=eval: the checkpoint step to evaluate (0 = the latest)

@@ -22,6 +22,7 @@ import grain
 import numpy as np
 from absl import logging
 
+from rcot_jax import paths
 from rcot_jax.data import degradations, sources
 from rcot_jax.ids import DegradationId
 
@@ -116,6 +117,7 @@ def _task_degradation(d):
 
 
 def _components(d, split):
+    d = paths.expand_data_paths(d)
     if d.task != "allinone":
         source = _main_source(d, split)
         return [(source, degradation_names(d) if source.kind == "clean" else (), None, 1.0)]

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 
-from rcot_jax import optim, steps
+from rcot_jax import optim, paths, steps
 from rcot_jax.state import RCOTState
 from rcot_jax.weights import files, mapping
 from rcot_jax.weights.torch_format import WeightsError
@@ -55,7 +55,7 @@ def params_to_official(config, state, seed=0):
 def checkpoint_dir(path):
     """The Orbax step directory that `path` (a workdir, its `checkpoints/` or one step of it) stands for: the
     latest step."""
-    path = os.path.abspath(path)
+    path = os.path.abspath(paths.expand(path))
     if os.path.isdir(os.path.join(path, "state")):
         return path
     if os.path.isdir(os.path.join(path, "checkpoints")):

@@ -59,6 +59,8 @@ def _parts(obj, path):
 def read(path):
     """{name: {official key: array}} of the networks in the checkpoint at `path` (name '' when unnamed)."""
     path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: missing (no such checkpoint file)")
     if path.endswith(".safetensors"):
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
@@ -92,6 +94,8 @@ def networks(paths):
 def write(path, state_dict):
     """An official-format state dict file: `.safetensors`, else PyTorch's `torch.save` format."""
     path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: missing (no such checkpoint file)")
     if path.endswith(".safetensors"):
         from safetensors.numpy import save_file
         save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, path)
