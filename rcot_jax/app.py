@@ -1,9 +1,12 @@
 """What every command (`main`, `restore`, `convert`, `benchmark`, `ablate`, `prepare`) shares: `--config` paths
-resolved from any directory, `--help` that prints the command's flags and exits 0, and user errors (a bad value, a
-missing or unreadable file) reported in one line, with `--traceback` for the whole traceback."""
+resolved from any directory, `--help` that prints the command's flags and exits 0, user errors (a bad value, a
+missing or unreadable file) reported in one line, with `--traceback` for the whole traceback, and Orbax's INFO
+narration kept out of the log."""
+import logging as std_logging
+import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 flags.DEFINE_boolean("traceback", False, "Show the full traceback of an error instead of its message.")
 
@@ -15,6 +18,14 @@ USER_ERRORS = (ValueError, OSError)
 def fail(command, message):
     """Exits with `message` on stderr, no traceback."""
     sys.exit(f"{command}: error: {message}")
+
+
+class _QuietCheckpointing(std_logging.Filter):
+    """Orbax narrates every save and restore at INFO and logs a failed save's traceback from each of its threads
+    at ERROR; keep its warnings (a failed save is reported once, by the train loop)."""
+
+    def filter(self, record):
+        return record.levelno == std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
 
 
 def flag_error_message(error):
@@ -46,6 +57,7 @@ def run(main, command, usage=None, flags_parser=None, errors=()):
         sys.exit(0)
 
     def guarded(args):
+        logging.get_absl_handler().addFilter(_QuietCheckpointing())
         try:
             return main(args)
         except USER_ERRORS + tuple(errors) as e:

@@ -6,7 +6,6 @@ a SLURM or Open MPI job) run the same command on every host; elsewhere add --coo
 --num_processes and --process_id.
 """
 import difflib
-import logging as std_logging
 import os
 import re
 import sys
@@ -203,14 +202,6 @@ def compilation_cache_dir(setting):
     return os.path.join(cache_home, "rcot_jax", "xla")
 
 
-class _QuietCheckpointing(std_logging.Filter):
-    """Orbax narrates every save at INFO and logs a failed save's traceback from each of its threads at ERROR;
-    keep its warnings (a failed save is reported once, by the train loop)."""
-
-    def filter(self, record):
-        return record.levelno == std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
-
-
 def _config_for_mode(config):
     """The config to run: the command line's, or for --mode=eval the workdir's config.json with the command
     line's overrides on top."""
@@ -247,7 +238,6 @@ def _describe(config):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(_QuietCheckpointing())
     import jax
     cache = compilation_cache_dir(FLAGS.compilation_cache)
     if cache:

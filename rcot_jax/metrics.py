@@ -36,9 +36,10 @@ for such an image instead. Greyscale images ([..., H, W, 1]) are their own luma 
   same PSNR as `rgb`: one SSIM over the H x W x C volume, with the 11 x 11 x 11 Gaussian window (sigma 1.5, the
   product of three 1-D windows), edges replicated on all three axes (a `Conv3d` with `padding_mode='replicate'`),
   so the map is full size and every pixel counts; mean over the map. The window mixes the channels, so colour
-  structure both images share counts: on 12 full-size colour photographs with noise or blur it is 0.06-0.47 above
-  `rgb`'s SSIM (mean +0.25, `experiments/nafnet_ssim.py`). NAFNet takes the data range 1 instead of 255 when the first image's largest value
-  is at most 1 on the 0-255 scale (an all but black image); this profile always uses 255.
+  structure both images share counts: on 12 full-size colour photographs with noise or blur it is 0.06-0.47
+  above `rgb`'s SSIM (mean +0.25, `experiments/nafnet_ssim.py`). NAFNet takes the data range 1 instead of 255
+  when the first image's largest value is at most 1 on the 0-255 scale (an all but black image); this profile
+  always uses 255.
 
 `psnr` / `ssim` are the NumPy references (float64). `psnr_jax` / `ssim_jax` compute the same in float32 under
 `jax.jit` (profile and crop static) for evaluation on device; they quantise exactly as NumPy does and keep the

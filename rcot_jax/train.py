@@ -154,6 +154,8 @@ def _setup(config, workdir, create=True, held=None, step=None):
     """Mesh, images, the process's data iterator, the held-out set, the checkpointer and the state. The config
     and the data are checked before anything is written (`create=False`: nothing is); then the workdir's lock
     is taken into `held` (an ExitStack), if given."""
+    if create:
+        workdir_lib.check_relaunch(config, workdir)
     mesh = parallel.make_mesh()
     data_iter = iter(pipeline.train_dataset(config, None, jax.process_index(), jax.process_count()))
     eval_data = pipeline.EvalSet(config)

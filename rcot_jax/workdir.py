@@ -108,6 +108,38 @@ def changed_keys(config, reference, prefix=""):
     return changed
 
 
+def _flat(tree, prefix=""):
+    """{dotted key: leaf} of a nested dict."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def check_relaunch(config, workdir):
+    """A launch on a workdir that already holds a run: refuses (ValueError) where it changes keys that fix the
+    checkpoint's shapes, naming them; warns where it changes the task or data keys (the launch's config is recorded
+    in `config_history/` with the others). Nothing to check in a new workdir."""
+    run_config = read_run_config(workdir)
+    if run_config is None:
+        return
+    before, now = _flat(run_config), _flat(_as_json(config))
+    changed = {k: (before.get(k), v) for k, v in now.items() if k in before and before[k] != v}
+    state = {k: v for k, v in changed.items() if _changes_state(k)}
+    if state:
+        raise ValueError(f"{workdir} holds a run with other model keys: " + ", ".join(
+            f"config.{k}={new!r} (the run's: {old!r})" for k, (old, new) in state.items())
+            + "; its checkpoints restore only with the run's values: relaunch with them, or use a new workdir")
+    task = {k: v for k, v in changed.items() if k.startswith("data.")}
+    if task:
+        logging.warning("This launch changes the task or data keys of the run in %s: %s (every launch's config is "
+                        "in %s/)", workdir, ", ".join(f"{k}={new!r} (was {old!r})" for k, (old, new) in
+                                                      task.items()), os.path.join(workdir, HISTORY))
+
+
 class WorkdirLocked(RuntimeError):
     """Another live run owns the workdir."""
 

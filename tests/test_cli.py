@@ -125,6 +125,24 @@ def test_failed_launches_leave_an_existing_workdir_byte_identical_and_create_non
     assert _tree(workdir) == before
 
 
+def test_a_relaunch_with_other_model_keys_is_refused_and_other_data_keys_warned(trained, caplog):
+    workdir, _ = trained
+    before = _tree(workdir)
+    config = deblur.get_config("tiny")
+    config.model.critic_width, config.model.restormer.dim = 8, 16
+    with pytest.raises(ValueError, match=r"holds a run with other model keys: config\.model\.critic_width=8 "
+                                         r"\(the run's: 16\), config\.model\.restormer\.dim=16 \(the run's: 8\); "
+                                         r".* new workdir$"):
+        train.train_and_evaluate(config, str(workdir))
+    config = deblur.get_config("tiny")
+    config.data.task, config.data.batch_size = "denoise", 5               # the batch size fails after the warning
+    with pytest.raises(ValueError, match="config.data.batch_size"):
+        train.train_and_evaluate(config, str(workdir))
+    assert "changes the task or data keys of the run" in caplog.text and "data.task='denoise' (was 'deblur')" in \
+        caplog.text
+    assert _tree(workdir) == before
+
+
 def test_a_batch_size_the_devices_do_not_divide_names_the_key(tmp_path):
     config = deblur.get_config("tiny")
     config.data.batch_size = 12

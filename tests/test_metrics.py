@@ -130,7 +130,8 @@ def test_identical_images_and_too_small_images():
 @pytest.mark.parametrize("fn", [metrics.psnr, metrics.ssim, metrics.psnr_jax, metrics.ssim_jax])
 def test_unknown_profile_names_the_config_key_and_the_profiles(fn):
     a, _ = _pair(1, (16, 16, 3))
-    with pytest.raises(ValueError, match=r"'ycbcr'.*config\.eval\.metric_profile.*rgb, y, allinone, rcot_official, nafnet"):
+    with pytest.raises(ValueError,
+                       match=r"'ycbcr'.*config\.eval\.metric_profile.*rgb, y, allinone, rcot_official, nafnet"):
         fn(a, a, profile="ycbcr")
 
 
@@ -245,5 +246,6 @@ def test_greyscale_images_are_their_own_luma_under_y():
     for fn, expected in ((metrics.psnr, psnr), (metrics.ssim, ssim), (metrics.psnr_jax, psnr),
                          (metrics.ssim_jax, ssim)):
         assert float(fn(a.astype(np.float32), b.astype(np.float32), "y")) == pytest.approx(expected, abs=1e-4)
-    with pytest.raises(ValueError, match=r"'y' metric profile takes RGB or greyscale images .* got shape \(96, 96, 2\)"):
+    with pytest.raises(ValueError, match=r"'y' metric profile takes RGB or greyscale images .* got shape "
+                                         r"\(96, 96, 2\)"):
         metrics.psnr(PAIRS["astronaut"][0][..., :2], PAIRS["astronaut"][1][..., :2], "y")

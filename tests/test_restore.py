@@ -117,7 +117,8 @@ def test_an_output_folder_that_would_replace_the_inputs_and_an_empty_input_are_r
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "photos" / "a.png")
     inputs = restore.list_inputs(str(tmp_path / "photos"))
     for output in (tmp_path / "photos", tmp_path / "photos" / "."):
-        with pytest.raises(ValueError, match=r"--output=.*: the restored images would replace their inputs \(.*a\.png\)"):
+        with pytest.raises(ValueError, match=r"--output=.*: the restored images would replace their inputs "
+                                             r"\(.*a\.png\)"):
             restore.check_output(inputs, str(output))
     restore.check_output(inputs, str(tmp_path / "restored"))
     (tmp_path / "empty").mkdir()
