@@ -22,7 +22,8 @@ image without its target, a pair whose sizes differ or a file list entry that na
 `bad_files='error'` (default) stops with an `ImageError` naming the file and the problem; `bad_files='skip'` drops
 it and logs the number skipped with the first few names. Two files with the same name but different extensions
 are always an error (which one is meant?); targets that no degraded image refers to are unused (logged). A file
-whose header is fine but whose data is truncated fails when it is decoded, with an `ImageError` naming it.
+whose header is fine but whose data is truncated fails when it is decoded, with an `ImageError` naming it; under
+`bad_files='skip'` every file is decoded once when the source is built, so such a file is skipped (and named) too.
 """
 import functools
 import io
@@ -143,11 +144,15 @@ def list_images(directory, key):
 
 
 def _sized(paths, problems):
-    """[(path, (H, W))] of the readable ones among `paths`; the others go to `problems`."""
+    """[(path, (H, W))] of the readable ones among `paths`; the others go to `problems`. Under 'skip' each file
+    is also decoded in full, so that one truncated after a good header is skipped here, not met mid-run."""
     out = []
     for p in paths:
         try:
-            out.append((p, image_size(p)))
+            hw = image_size(p)
+            if problems.policy == "skip":
+                decode_image(p, p)
+            out.append((p, hw))
         except ImageError as e:
             problems.add(str(e))
     return out
