@@ -173,7 +173,7 @@ def test_user_errors_are_one_line_and_help_lists_the_configs(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_a_failed_save_stops_the_run_with_one_message_and_keeps_the_last_checkpoint(trained, tmp_path):
+def test_a_failed_save_stops_the_run_with_one_message_and_keeps_the_last_checkpoint(trained, image_folder, tmp_path):
     workdir, _ = trained
     run = tmp_path / "run"
     shutil.copytree(workdir, run)
@@ -182,7 +182,7 @@ def test_a_failed_save_stops_the_run_with_one_message_and_keeps_the_last_checkpo
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
     result = _cli(tmp_path, "--config=configs/deblur.py:tiny", f"--workdir={run}", "--config.num_train_steps=4",
-                  preexec_fn=full_disk)
+                  f"--config.data.eval_dir={image_folder}", preexec_fn=full_disk)
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith(("rcot_jax.main: error", "E1", "W1"))
               or "Traceback" in line]
