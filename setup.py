@@ -13,6 +13,9 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["rcot_jax", "rcot_jax.*"]),
     python_requires=">=3.11",
+    # jax 0.10.x is the newest on Python 3.11; Colab runs Python 3.13 (CI tests 3.11).
+    classifiers=["Programming Language :: Python :: 3.11", "Programming Language :: Python :: 3.12",
+                 "Programming Language :: Python :: 3.13"],
     install_requires=[
         "jax>=0.10.2",          # pulls the matching jaxlib
         "flax>=0.12.8",

@@ -225,6 +225,50 @@ def test_a_failed_preparation_leaves_nothing_that_loads(tmp_path):
         builders.prepare("gopr", manual, str(tmp_path / "data"))
 
 
+def _pairs(root, names, hw=(8, 8)):
+    """Writes each (degraded, target) relative path pair under `root` as a tiny image (targets once)."""
+    for degraded, target in names:
+        _save(root / degraded, hw=hw, seed=1)
+        if not (root / target).exists():
+            _save(root / target, hw=hw, seed=2)
+
+
+@pytest.mark.parametrize("name,split,names", [
+    # RESIDE OTS as distributed, and the README's folders with the part subfolders kept
+    ("reside_ots", "train", [(f"synthetic/part{i % 4 + 1}/{i:04d}_0.8_0.04.jpg", f"original/{i:04d}.jpg")
+                             for i in range(1, 4)] + [("synthetic/part1/0001_0.6_0.2.jpg", "original/0001.jpg")]),
+    ("reside_ots", "train", [(f"hazy/part{i}/{i:04d}_0.8_0.04.jpg", f"clear/{i:04d}.jpg") for i in range(1, 5)]),
+    # Rain100L as the official code reads it
+    ("rain100l", "train", [(f"train/rainy/rain-{i}.png", f"train/gt/norain-{i}.png") for i in range(1, 5)]
+     + [(f"test/input/{i}.png", f"test/target/{i}.png") for i in range(1, 3)]),
+    # SOTS as PromptIR ships it
+    ("sots_outdoor", "test", [(f"input/{i:04d}_0.8_0.2.jpg", f"target/{i:04d}.png") for i in range(1, 5)]),
+])
+def test_prepare_takes_each_layout_a_dataset_is_distributed_in(name, split, names, tmp_path):
+    _pairs(tmp_path / "manual", names)
+    builders.prepare(name, str(tmp_path / "manual"), str(tmp_path / "data"))
+    src = sources.tfds_source(name, split, str(tmp_path / "data"))
+    assert len(src) == len([d for d in names if d[0].split("/")[0] != "test" or split == "test"]) == 4
+    assert src.kind == "paired" and src[0]["degraded"].shape == src[0]["target"].shape
+
+
+def test_prepare_keeps_the_pairs_of_a_file_list_and_names_a_layout_it_does_not_know(tmp_path):
+    """As the official hazy_outside.txt: 300 pairs listed, 335 present; an unknown layout lists the accepted ones."""
+    names = [(f"synthetic/part{i % 4 + 1}/{i:04d}_0.8_0.04.jpg", f"original/{i:04d}.jpg") for i in range(1, 336)]
+    _pairs(tmp_path / "manual", names, hw=(4, 4))
+    listing = tmp_path / "hazy_outside.txt"
+    listing.write_text("".join(f"{d.split('/', 1)[1]}\n" for d, _ in names[:300]))
+    builders.prepare("reside_ots", str(tmp_path / "manual"), str(tmp_path / "data"), file_list=str(listing))
+    src = sources.tfds_source("reside_ots", "train", str(tmp_path / "data"))
+    assert len(src) == 300 and "0301_0.8_0.04" not in " ".join(src.names)
+
+    _pairs(tmp_path / "odd", [("foggy/1.png", "sharp/1.png")])
+    with pytest.raises(sources.ImageError, match=r"--manual_dir=.*odd: no train pairs in the layouts this dataset "
+                                                 r"comes in: hazy/0025.*synthetic/partN/.*the folder holds "
+                                                 r"\['foggy', 'sharp'\]"):
+        builders.prepare("reside_ots", str(tmp_path / "odd"), str(tmp_path / "data2"))
+
+
 def test_the_readme_prepare_command_with_a_literal_tilde(tmp_path, monkeypatch):
     """`--manual_dir=~/Rain100L --data_dir=~/rcot_data` as the README writes it: the shell leaves `~` alone after
     `=`; the command expands it, and a config's `data.data_dir=~/rcot_data` then finds the dataset."""
@@ -234,7 +278,7 @@ def test_the_readme_prepare_command_with_a_literal_tilde(tmp_path, monkeypatch):
     run = subprocess.run([sys.executable, "-m", "rcot_jax.prepare", "--dataset=rain100l", "--manual_dir=~/Rain100L",
                           "--data_dir=~/rcot_data"], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert os.listdir(cwd) == [] and (tmp_path / "rcot_data" / "rain100l").is_dir()
+    assert os.listdir(cwd) == [] and (tmp_path / "rcot_data" / builders.BUILDER / "rain100l").is_dir()
     monkeypatch.setenv("HOME", str(tmp_path))
     config = _tiny(derain, source="tfds", name="rain100l", data_dir="~/rcot_data")
     assert len(pipeline.eval_components(config.data)[0][0]) == 2

@@ -217,16 +217,17 @@ def parse_match(match):
     return tuple(sides)
 
 
-def _read_file_list(path):
+def read_file_list(path, key="config.data.file_list"):
+    """The names a file list holds (one per line; '#' comments), without extensions, '/'-separated."""
     try:
         with open(path) as f:
             names = [line.strip() for line in f if line.strip() and not line.startswith("#")]
     except OSError as e:
-        raise ValueError(f"config.data.file_list={path!r}: {e}") from None
+        raise ValueError(f"{key}={path!r}: {e}") from None
     return [os.path.splitext(n.replace("\\", "/"))[0] for n in names]
 
 
-def _restrict(found, listed, file_list, problems):
+def restrict(found, listed, file_list, problems):
     """The entries of `found` that the file list names (as a relative path or a path suffix, either way)."""
     keep = {}
     for name in listed:
@@ -273,7 +274,7 @@ def paired_folders(degraded_dir, target_dir, match="", file_list="", degradation
     where = f"config.data.{keys[0]}={degraded_dir!r}"
     problems = Problems(bad_files, where)
     if file_list:
-        degraded = _restrict(degraded, _read_file_list(file_list), file_list, problems)
+        degraded = restrict(degraded, read_file_list(file_list), file_list, problems)
     d_template, t_template = parse_match(match)
     entries = pair_up(degraded, targets, degraded_dir, target_dir, d_template, t_template, problems)
     problems.settle()

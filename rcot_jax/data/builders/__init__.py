@@ -42,25 +42,42 @@ class Layout:
     homepage: str
     layout: str                  # the folders a user arranges, for the README and the error messages
     scale: int = 1               # degraded images are this much smaller than their targets (upsampled here)
+    # Other layouts the dataset is distributed in: split -> [(folder, degraded template, target template)], tried
+    # after `splits`' when it finds no pair (the authors' archives, the official code's, PromptIR's).
+    alternatives: dict = dataclasses.field(default_factory=dict)
+    others: str = ""             # those layouts, for the README and the error messages
 
 
 _RAIN_SPLITS = {split: (split, "rainy/rain-{id}", "norain/norain-{id}") for split in ("train", "test")}
 _RAIN_LAYOUT = "train/rainy/rain-N.png, train/norain/norain-N.png, test/... the same"
+_RAIN_OTHERS = {split: [(split, "rainy/rain-{id}", "gt/norain-{id}"), (split, "input/{name}", "target/{name}")]
+                for split in ("train", "test")}
+_RAIN_OTHER_LAYOUTS = ("the official code's train/rainy/rain-N.png + train/gt/norain-N.png; test/input/NAME + "
+                       "test/target/NAME")
+_SAME_NAMES = ("", "input/{name}", "target/{name}")       # PromptIR's and Restormer's test sets
 LAYOUTS = {
     "gopro": Layout("blur", {"train": ("train", "{seq}/blur/{id}", "{seq}/sharp/{id}"),
                              "test": ("test", "{seq}/blur/{id}", "{seq}/sharp/{id}")},
                     "https://seungjunnah.github.io/Datasets/gopro",
                     "train/GOPR*/blur/*.png, train/GOPR*/sharp/*.png, test/... the same"),
     "rain100l": Layout("rain", _RAIN_SPLITS,
-                       "https://github.com/hezhangsprinter/ID-CGAN (Rain100L, via PromptIR's links)", _RAIN_LAYOUT),
+                       "https://github.com/hezhangsprinter/ID-CGAN (Rain100L, via PromptIR's links)", _RAIN_LAYOUT,
+                       alternatives=_RAIN_OTHERS, others=_RAIN_OTHER_LAYOUTS),
     "rain100h": Layout("rain", _RAIN_SPLITS, "https://www.icst.pku.edu.cn/struct/Projects/joint_rain_removal.html",
-                       _RAIN_LAYOUT),
+                       _RAIN_LAYOUT, alternatives=_RAIN_OTHERS, others=_RAIN_OTHER_LAYOUTS),
     "reside_ots": Layout("haze", {"train": ("", "hazy/{id}_{beta}_{a}", "clear/{id}")},
                          "https://sites.google.com/view/reside-dehaze-datasets",
-                         "hazy/0025_0.8_0.04.jpg, clear/0025.jpg"),
+                         "hazy/0025_0.8_0.04.jpg, clear/0025.jpg",
+                         alternatives={"train": [("", "hazy/{part}/{id}_{beta}_{a}", "clear/{id}"),
+                                                 ("", "synthetic/{part}/{id}_{beta}_{a}", "original/{id}")]},
+                         others="hazy/partN/0025_0.8_0.04.jpg + clear/0025.jpg; as distributed: "
+                                "synthetic/partN/0025_0.8_0.04.jpg + original/0025.jpg"),
     "sots_outdoor": Layout("haze", {"test": ("", "hazy/{id}_{beta}_{a}", "gt/{id}")},
                            "https://sites.google.com/view/reside-dehaze-datasets",
-                           "hazy/0001_0.8_0.2.jpg, gt/0001.png"),
+                           "hazy/0001_0.8_0.2.jpg, gt/0001.png",
+                           alternatives={"test": [("", "input/{id}_{beta}_{a}", "target/{id}"), _SAME_NAMES]},
+                           others="PromptIR's input/0001_0.8_0.2.jpg + target/0001.png, or input/NAME + "
+                                  "target/NAME"),
     "lol": Layout("lowlight", {"train": ("our485", "low/{id}", "high/{id}"),
                                "test": ("eval15", "low/{id}", "high/{id}")},
                   "https://daooshee.github.io/BMVC2018website/",
@@ -84,19 +101,36 @@ def _check_name(name):
     return LAYOUTS[name]
 
 
-def split_entries(layout, split, manual_dir, bad_files):
-    """[(target path, degraded path or None, name)] of a split, checked from the file headers."""
+def split_entries(layout, split, manual_dir, bad_files, file_list=""):
+    """[(target path, degraded path or None, name)] of a split, checked from the file headers. Paired splits are
+    looked for in the layout's own folders, then in its `alternatives`: the first that pairs anything is used.
+    `file_list` (one degraded image per line, as the official lists name them) keeps the pairs it names."""
     folder = os.path.join(manual_dir, layout.splits[split][0])
     if len(layout.splits[split]) == 1:
         return [(path, None, name) for path, _, name, _ in sources.clean_folder(folder, bad_files, "--manual_dir",
                                                                                         _SKIP).entries]
-    _, d_template, t_template = layout.splits[split]
-    found = sources.list_images(folder, "--manual_dir")
-    problems = sources.Problems(bad_files, f"--manual_dir={manual_dir} ({split})", _SKIP)
-    pairs = sources.pair_up(found, found, folder, folder, d_template, t_template, problems, layout.scale)
+    best = None                                          # (pairs, problems) of the layout with the most pairs
+    for sub, d_template, t_template in [layout.splits[split], *layout.alternatives.get(split, [])]:
+        folder = os.path.join(manual_dir, sub)
+        if not os.path.isdir(folder):
+            continue
+        found = sources.list_images(folder, "--manual_dir")
+        problems = sources.Problems(bad_files, f"--manual_dir={manual_dir} ({split})", _SKIP)
+        degraded = found
+        if file_list and split == "train":
+            listed = sources.read_file_list(file_list, "--file_list")
+            degraded = sources.restrict(found, listed, file_list, problems)
+        pairs = sources.pair_up(degraded, found, folder, folder, d_template, t_template, problems, layout.scale)
+        if pairs and (best is None or len(pairs) > len(best[0])):
+            best = pairs, problems
+    if best is None:
+        present = sorted(os.listdir(manual_dir))
+        raise sources.ImageError(
+            f"--manual_dir={manual_dir}: no {split} pairs in the layouts this dataset comes in: {layout.layout}"
+            + (f"; or {layout.others}" if layout.others else "") + f"; the folder holds {present[:6]}"
+            + (f" and {len(present) - 6} more" if len(present) > 6 else ""))
+    pairs, problems = best
     problems.settle()
-    if not pairs:
-        raise sources.ImageError(f"--manual_dir={manual_dir}: no {split} pairs; expected {layout.layout}")
     return [(t, d, name) for t, d, name, _ in pairs]
 
 
@@ -124,8 +158,8 @@ def _builder_class():
         MANUAL_DOWNLOAD_INSTRUCTIONS = "Download the dataset from its authors (rcot_jax README, 'Data')."
         code_path = None    # no checksums file (nothing is downloaded); also spares tfds its package-path lookup
 
-        def __init__(self, *, bad_files="error", **kwargs):
-            self._bad_files = bad_files
+        def __init__(self, *, bad_files="error", file_list="", **kwargs):
+            self._bad_files, self._file_list = bad_files, file_list
             super().__init__(**kwargs)
 
         def _info(self):
@@ -141,7 +175,8 @@ def _builder_class():
         def _split_generators(self, dl_manager):
             layout = LAYOUTS[self.builder_config.name]
             manual = os.fspath(dl_manager.manual_dir)
-            return {split: self._generate_examples(split_entries(layout, split, manual, self._bad_files))
+            return {split: self._generate_examples(split_entries(layout, split, manual, self._bad_files,
+                                                                 self._file_list))
                     for split in layout.splits}
 
         def _generate_examples(self, entries):
@@ -155,8 +190,9 @@ def _builder_class():
     return RcotImages
 
 
-def prepare(name, manual_dir, data_dir, bad_files="error"):
-    """Prepares dataset `name` from `manual_dir` into `data_dir`/rcot_images/NAME/1.0.0; returns that path."""
+def prepare(name, manual_dir, data_dir, bad_files="error", file_list=""):
+    """Prepares dataset `name` from `manual_dir` into `data_dir`/rcot_images/NAME/1.0.0; returns that path.
+    `file_list` keeps the training pairs it names (one degraded image per line, e.g. the official lists)."""
     import tensorflow_datasets as tfds
     layout = _check_name(name)
     if not os.path.isdir(manual_dir):
@@ -167,7 +203,8 @@ def prepare(name, manual_dir, data_dir, bad_files="error"):
     os.makedirs(data_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{name}-preparing-", dir=data_dir)
     try:
-        builder = _builder_class()(config=name, data_dir=tmp, file_format="array_record", bad_files=bad_files)
+        builder = _builder_class()(config=name, data_dir=tmp, file_format="array_record", bad_files=bad_files,
+                                   file_list=file_list)
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
         built = os.path.join(tmp, BUILDER, name, VERSION)
         index = {}
