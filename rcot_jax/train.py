@@ -138,7 +138,7 @@ def _restore_or_init(config, ckpt, sharding, data_iter, step=None):
     if latest is None:    # created in place: on several processes a host value cannot be device_put globally
         logging.info("Initialising the train state (compiling its initialiser) ...")
         state = steps.jit_init(lambda: steps.create_train_state(config, _keys(config)[0]), out_shardings=sharding)()
-        return weights_checkpoints.init_from(config.init_from, state) if config.init_from else state
+        return weights_checkpoints.init_from(config.init_from, state, config) if config.init_from else state
     abstract = abstract_like(jax.eval_shape(lambda: steps.create_train_state(config, _keys(config)[0])), sharding)
     if step is not None:
         if step not in ckpt.manager.all_steps():

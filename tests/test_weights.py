@@ -272,6 +272,9 @@ def test_convert_then_eval_export_and_init_from(tmp_path):
     expected = weights.to_params(official_state_dict("mprnet"), model_of("mprnet"), abstract("mprnet"), "m")
     jax.tree.map(np.testing.assert_array_equal, started.t_params["params"], expected)
     assert int(started.step) == 0
+    from_file = checkpoints.init_from(str(tmp_path / "out.pth"), state, cfg)      # the export, F beside it
+    jax.tree.map(np.testing.assert_array_equal, from_file.t_params["params"], expected)
+    jax.tree.map(np.testing.assert_array_equal, from_file.f_params, started.f_params)
 
     # restore reads the converted run, a checkpoint directory without config.json (given --config), and the
     # export's .pth; each gives parameters the map applies.

@@ -24,7 +24,8 @@ def get_config(arg=None):
     c.seed = 0
     c.init_from = ""                          # a fresh run starts from the T and F parameters of this converted
                                               # (rcot_jax.convert) or trained checkpoint: a workdir, its
-                                              # checkpoints/ or a step directory; '' = fresh initialisation
+                                              # checkpoints/ or a step directory, or a weights file (.pth,
+                                              # .safetensors; convert --export's); '' = fresh initialisation
 
     c.model = ml_collections.ConfigDict()
     c.model.backbone = "restormer"            # 'restormer' (official trainer) | 'mprnet' (paper, pretrained weights)

@@ -67,9 +67,31 @@ def checkpoint_dir(path):
     return os.path.join(path, max(step_dirs, key=int))
 
 
-def init_from(path, state):
+def _init_from_file(path, state, config):
+    """`init_from` for an official or exported weights file: T from `path`, F from the critic it holds or else from
+    `<stem>_Fnet<ext>` beside it (as `convert --export` writes them); a critic found nowhere stays as it is."""
+    stem, ext = os.path.splitext(path)
+    critic = f"{stem}_Fnet{ext}"
+    t_params, f_params = official_to_params(config, [path])
+    if f_params is None and os.path.isfile(critic):
+        f_params = official_to_params(config, [path, critic])[1]
+    place = lambda new, old: jax.device_put(new, getattr(old, "sharding", None))   # noqa: E731
+    replaced = {"t_params": jax.tree.map(place, {"params": t_params}, state.t_params)}
+    if f_params is not None:
+        replaced["f_params"] = jax.tree.map(place, {"params": f_params}, state.f_params)
+    logging.info("Initialised T%s from %s", " and F" if f_params is not None else "", path)
+    return state.replace(**replaced)
+
+
+def init_from(path, state, config=None):
     """`state` (a fresh or abstract train state) with the T and F parameters of the checkpoint at `path` (see
-    `checkpoint_dir`), placed like `state`'s (abstract: on the default device); step and optimiser states stay."""
+    `checkpoint_dir`), placed like `state`'s (abstract: on the default device); step and optimiser states stay.
+    With `config` (the networks'), `path` may also be an official or exported weights file (.pth, .safetensors)."""
+    path = paths.expand(path)
+    if os.path.isfile(path):
+        if config is None:
+            raise ValueError(f"config.init_from={path}: a weights file needs the config of its networks")
+        return _init_from_file(path, state, config)
     directory = checkpoint_dir(path)
     default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = {"t_params": state.t_params, "f_params": state.f_params}
