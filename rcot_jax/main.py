@@ -164,7 +164,8 @@ def parse_flags(argv):
                 raise
             except Exception:
                 pass
-        _fail(f"{rcot_app.flag_error_message(e)}\n(--help lists the task configs, their variants and the common keys)")
+        _fail(f"{rcot_app.flag_error_message(e)}\n"
+              "(--help lists the task configs, their variants and the common keys)")
 
 
 def _maybe_initialize_distributed():
@@ -261,8 +262,7 @@ def main(argv):
             raise
         _fail(f"{e}\n(--traceback shows where it was raised)")
     except KeyboardInterrupt as e:     # Ctrl-C: train.Interrupted once a checkpoint is saved, else before one
-        print(f"rcot_jax.main: {e or 'interrupted (Ctrl-C) before training started; nothing was saved'}",
-              file=sys.stderr)
+        print(f"rcot_jax.main: {e or 'interrupted (Ctrl-C); no new checkpoint was saved'}", file=sys.stderr)
         sys.exit(130)
 
 
