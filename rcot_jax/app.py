@@ -1,7 +1,7 @@
 """What every command (`main`, `restore`, `convert`, `benchmark`, `ablate`, `prepare`) shares: `--config` paths
 resolved from any directory, `--help` that prints the command's flags and exits 0, user errors (a bad value, a
-missing or unreadable file) reported in one line, with `--traceback` for the whole traceback, and Orbax's INFO
-narration kept out of the log."""
+missing or unreadable file) reported in one line, with `--traceback` for the whole traceback, and the INFO
+narration of Orbax and TensorFlow Datasets kept out of the log."""
 import logging as std_logging
 import os
 import sys
@@ -20,12 +20,17 @@ def fail(command, message):
     sys.exit(f"{command}: error: {message}")
 
 
-class _QuietCheckpointing(std_logging.Filter):
+class _QuietLibraries(std_logging.Filter):
     """Orbax narrates every save and restore at INFO and logs a failed save's traceback from each of its threads
-    at ERROR; keep its warnings (a failed save is reported once, by the train loop)."""
+    at ERROR: only its warnings are kept (a failed save is reported once, by the train loop). TensorFlow Datasets
+    narrates preparing and loading at INFO, naming temporary folders: its warnings and errors are kept."""
 
     def filter(self, record):
-        return record.levelno == std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+        if f"{os.sep}orbax{os.sep}" in record.pathname:
+            return record.levelno == std_logging.WARNING
+        if f"{os.sep}tensorflow_datasets{os.sep}" in record.pathname:
+            return record.levelno >= std_logging.WARNING
+        return True
 
 
 def flag_error_message(error):
@@ -57,7 +62,7 @@ def run(main, command, usage=None, flags_parser=None, errors=()):
         sys.exit(0)
 
     def guarded(args):
-        logging.get_absl_handler().addFilter(_QuietCheckpointing())
+        logging.get_absl_handler().addFilter(_QuietLibraries())
         try:
             return main(args)
         except USER_ERRORS + tuple(errors) as e:

@@ -12,6 +12,7 @@ Preparation writes into a temporary folder under `data_dir` and renames the fini
 index of every record's name and size (`rcot_index.json`): an interrupted or failed preparation leaves nothing
 that loads.
 """
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -205,7 +206,11 @@ def prepare(name, manual_dir, data_dir, bad_files="error", file_list=""):
     try:
         builder = _builder_class()(config=name, data_dir=tmp, file_format="array_record", bad_files=bad_files,
                                    file_list=file_list)
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        # tfds prints "Downloading and preparing dataset Unknown size ..." and the temporary folder's name to
+        # stdout, and draws progress bars: nothing is downloaded, and `prepare` logs where the dataset went.
+        tfds.disable_progress_bar()
+        with contextlib.redirect_stdout(io.StringIO()):
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
         built = os.path.join(tmp, BUILDER, name, VERSION)
         index = {}
         for split in layout.splits:
