@@ -301,7 +301,7 @@ def test_training_and_evaluation_from_every_prepared_dataset(prepared, tmp_path)
     assert int(train.train_and_evaluate(c, str(tmp_path / "paired")).step) == 2
     line = json.loads(open(tmp_path / "paired" / "eval.jsonl").readline())
     assert {"psnr/blur", "psnr/rain", "psnr/lowlight", "psnr/sr_x4"} <= set(line)     # OTS has no test split
-    assert all(np.isfinite(v) for v in line.values())
+    assert line.pop("profile") == "rgb" and all(np.isfinite(v) for v in line.values())
     for eval_name in ("cbsd68", "kodak24"):
         c = _tiny(denoise, source="tfds", name="bsd400_wed", eval_name=eval_name, data_dir=prepared)
         assert [s.names for s, _ in pipeline.eval_components(c.data)] == \

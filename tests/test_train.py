@@ -22,7 +22,7 @@ from rcot_jax.data import pipeline
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 TASKS = {"deblur": deblur, "denoise": denoise, "derain": derain, "dehaze": dehaze, "sr": sr,
          "lowlight": lowlight, "allinone": allinone}
-EVAL_KEYS = {"step", "psnr", "ssim", "input_psnr", "input_ssim"}
+EVAL_KEYS = {"step", "profile", "psnr", "ssim", "input_psnr", "input_ssim"}
 
 
 def _eval_lines(workdir):
@@ -48,7 +48,7 @@ def test_every_task_trains_and_evaluates(task, tmp_path):
     assert int(state.step) == config.num_train_steps == 3
 
     (line,) = _eval_lines(tmp_path)
-    assert EVAL_KEYS <= set(line) and line["step"] == 3
+    assert EVAL_KEYS <= set(line) and line["step"] == 3 and line.pop("profile") == "rgb"
     assert all(np.isfinite(v) for v in line.values())
     if task == "allinone":
         assert {f"psnr/{n}" for n in config.data.mix} <= set(line)

@@ -94,8 +94,6 @@ def networks(paths):
 def write(path, state_dict):
     """An official-format state dict file: `.safetensors`, else PyTorch's `torch.save` format."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: missing (no such checkpoint file)")
     if path.endswith(".safetensors"):
         from safetensors.numpy import save_file
         save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, path)
