@@ -229,9 +229,9 @@ def _config_for_mode(config):
 def _describe(config):
     """One line: the config file and the keys where `config` differs from that file's own values."""
     from rcot_jax import workdir as workdir_lib
-    source = FLAGS["config"].config_filename
-    if source is None:
+    if FLAGS.config is None:     # --mode=eval without --config
         return f"Config {os.path.join(FLAGS.workdir, workdir_lib.CONFIG)} (the run's)"
+    source = FLAGS["config"].config_filename
     changed = workdir_lib.changed_keys(config, _config_file_parser().parse(source))
     return f"Config {source}" + "".join(f"\n  {k} = {v!r}" for k, v in changed.items())
 

@@ -312,7 +312,7 @@ def test_training_and_evaluation_from_every_prepared_dataset(prepared, tmp_path)
     for eval_name in ("cbsd68", "sots_outdoor"):      # the test-only sets, evaluated from the trained run
         c.data.eval_name = eval_name
         result = train.evaluate_checkpoint(c, str(tmp_path / "clean"))
-        assert np.isfinite(result["psnr"]) and os.path.isdir(tmp_path / "clean" / "eval" / "test_2")
+        assert np.isfinite(result["psnr"]) and os.path.isdir(tmp_path / "clean" / "eval" / "test_2_rgb")
 
 
 def test_training_from_folders_and_a_mix(prepared, tmp_path):
