@@ -131,12 +131,8 @@ def load_map(workdir=None, checkpoint=None, config=None):
                                  "describing its networks") if workdir else
                ValueError("--checkpoint needs --config (the networks it holds)"))
     t_model, _ = steps.build_models(config)
-    path = workdir or checkpoint
-    if os.path.isfile(path):
-        t_params = {"params": checkpoints.official_to_params(config, [path])[0]}
-    else:
-        abstract = jax.eval_shape(lambda: steps.create_train_state(config, jax.random.key(0)))
-        t_params = checkpoints.init_from(path, abstract).t_params
+    abstract = jax.eval_shape(lambda: steps.create_train_state(config, jax.random.key(0)))
+    t_params = checkpoints.init_from(workdir or checkpoint, abstract, config).t_params     # a run or a weights file
     return t_model, t_params
 
 

@@ -72,9 +72,7 @@ def _init_from_file(path, state, config):
     `<stem>_Fnet<ext>` beside it (as `convert --export` writes them); a critic found nowhere stays as it is."""
     stem, ext = os.path.splitext(path)
     critic = f"{stem}_Fnet{ext}"
-    t_params, f_params = official_to_params(config, [path])
-    if f_params is None and os.path.isfile(critic):
-        f_params = official_to_params(config, [path, critic])[1]
+    t_params, f_params = official_to_params(config, [path, critic] if os.path.isfile(critic) else [path])
     place = lambda new, old: jax.device_put(new, getattr(old, "sharding", None))   # noqa: E731
     replaced = {"t_params": jax.tree.map(place, {"params": t_params}, state.t_params)}
     if f_params is not None:
