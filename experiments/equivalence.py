@@ -14,6 +14,7 @@ import numpy as np
 
 from rcot_jax import parallel, steps
 from rcot_jax.configs import default
+from rcot_jax.state import init_state
 
 
 def rel(a, b):
@@ -37,7 +38,7 @@ def main():
     batch = {"degraded": np.clip(clean + 0.2 * rng.standard_normal(clean.shape), 0, 1).astype(dtype),
              "target": clean.astype(dtype), "paired": np.array([1, 0, 1, 1, 0, 1, 1, 1], bool),
              "de_id": np.array([0, 1, 3, 4, 2, 5, 6, 8], np.int32)}
-    state = steps.create_train_state(config, jax.random.key(1))
+    state = init_state(config, jax.random.key(1))
     for variant in ("paper", "official"):
         config.loss.fourier_variant = variant
         ref_state, ref = run(jax.jit(functools.partial(steps.train_step, config=config)), state, batch)

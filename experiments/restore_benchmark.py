@@ -22,9 +22,9 @@ CASES = [("quick", 512), ("quick", 0), ("", 512)]     # (deblur.py variant, tile
 def _map(variant):
     import jax
     import numpy as np
-    from rcot_jax import steps
+    from rcot_jax import models
     from rcot_jax.configs import deblur
-    t_model, _ = steps.build_models(deblur.get_config(variant))
+    t_model, _ = models.build_models(deblur.get_config(variant))
     return t_model, jax.jit(lambda: t_model.init(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32)))()
 
 

@@ -26,9 +26,12 @@
 # %% [markdown]
 # ## 0. Install
 #
-# In Colab this installs `rcot_jax` from GitHub (without TensorFlow: Colab has its own). Colab's JAX is older
-# than the 0.10.2 the tests run on, so it is first upgraded together with the matching `jaxlib` and GPU/TPU
-# plugins. Elsewhere it only prints the installed versions (install with `pip install -e .` from a clone).
+# In Colab this installs `rcot_jax` from GitHub (without TensorFlow: Colab has its own), with a JAX at least as new
+# as the 0.10.2 the tests run on (and its GPU or TPU plugins), in one `pip` command that keeps the NumPy Colab has
+# already loaded: upgrading it under the running kernel breaks the next import, and Colab's numba and TensorFlow
+# with it. If a package this session had already imported is changed anyway, the cell says so in one line and
+# stops: restart the session and run all again. Elsewhere it only prints the installed versions (install with
+# `pip install -e .` from a clone).
 
 # %%
 import importlib.metadata
@@ -40,6 +43,7 @@ import sys
 
 REPO = "https://github.com/rcot-jax/rcot_jax"
 JAX_MIN = "0.10.2"    # the version CI tests
+INSTALL = os.environ.get("RCOT_NOTEBOOK_INSTALL", f"rcot_jax @ git+{REPO}")   # colab_check.sh: the local clone
 
 
 def installed(dist):
@@ -53,25 +57,44 @@ def release(version):
     return tuple(int(n) for n in re.findall(r"\d+", version)[:3])
 
 
-def pip_install(*specs):
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *specs], check=True)
+def loaded_distributions():
+    """{distribution: version} of the packages this kernel has imported (numpy, in every Colab session); namespace
+    packages that several distributions share (`google`) are left out."""
+    owners = {name: set(dists) for name, dists in importlib.metadata.packages_distributions().items()}
+    top_level = {name.partition(".")[0] for name in list(sys.modules)}
+    return {dist: installed(dist) for name in top_level if len(owners.get(name, ())) == 1 for dist in owners[name]}
+
+
+class RestartNeeded(Exception):
+    """Packages this kernel had already imported were changed on disk: only a new session loads them."""
+
+
+def stop_for_restart(changed):
+    message = (f"Installed over packages this session had already loaded ({', '.join(changed)}): restart it "
+               "(Runtime > Restart session) and run all again.")
+    shell = globals().get("get_ipython", lambda: None)()
+    if shell is not None:     # one line, no traceback; the cell still fails, so "Run all" stops here
+        shell.set_custom_exc((RestartNeeded,), lambda *exc, **kwargs: print(exc[2], file=sys.stderr))
+    raise RestartNeeded(message)
 
 
 if "google.colab" in sys.modules:
+    before = loaded_distributions()
+    specs = [INSTALL, f"numpy=={installed('numpy')}"]
     jax_version = installed("jax")
     if jax_version is None or release(jax_version) < release(JAX_MIN):
         if shutil.which("nvidia-smi"):
-            jax_spec = f"jax[cuda12]>={JAX_MIN}"
+            specs.append(f"jax[cuda12]>={JAX_MIN}")
         elif os.environ.get("COLAB_TPU_ADDR") or os.environ.get("TPU_NAME") or os.path.exists("/dev/accel0"):
-            jax_spec = f"jax[tpu]>={JAX_MIN}"
+            specs.append(f"jax[tpu]>={JAX_MIN}")
         else:
-            jax_spec = f"jax>={JAX_MIN}"
-        pip_install("-U", jax_spec)
-        if "jax" in sys.modules:
-            raise RuntimeError(f"JAX {jax_version} was already imported and is now upgraded: restart the runtime "
-                               "(Runtime > Restart session) and run the notebook again from the top.")
-    pip_install(f"rcot_jax @ git+{REPO}")
-print({dist: installed(dist) for dist in ("rcot_jax", "jax", "jaxlib", "flax", "optax", "grain")})
+            specs.append(f"jax>={JAX_MIN}")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *specs], check=True)
+    changed = [f"{dist} {version} -> {installed(dist)}" for dist, version in sorted(before.items())
+               if installed(dist) != version]
+    if changed:
+        stop_for_restart(changed)
+print({dist: installed(dist) for dist in ("rcot_jax", "jax", "jaxlib", "flax", "optax", "grain", "numpy")})
 
 # %% [markdown]
 # `RCOT_NOTEBOOK_SMOKE=1` (set by the test that runs this notebook in CI) shrinks every run to a few steps of
@@ -88,7 +111,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Markdown, clear_output, display
 
-from rcot_jax import evaluate, ids, losses, parallel, steps
+from rcot_jax import evaluate, ids, losses, models, parallel
+from rcot_jax.state import init_state, seed_keys
 from rcot_jax.configs import denoise
 from rcot_jax.data import degradations, pipeline, sources
 
@@ -172,7 +196,7 @@ show([0.5 + residual["rain"]] + [0.5 - 0.5 * g / np.percentile(np.abs(g), 99) fo
 #
 # $T$ runs its backbone twice: the first pass restores $x$ to $\hat y_1$; the residual $x - \hat y_1$ is
 # encoded and added (times `model.cond_scale`) to the image features of a second pass through the same
-# decoder. `steps.build_models(config)` makes $T$ and $F$ from a config; here the `quick` denoising config
+# decoder. `models.build_models(config)` makes $T$ and $F$ from a config; here the `quick` denoising config
 # (a small MPRNet map; in smoke mode `tiny`, with the same backbone), untrained.
 
 # %%
@@ -186,8 +210,16 @@ def base_config():
 
 
 config = base_config()
-t_model, f_model = steps.build_models(config)
-state = steps.create_train_state(config, jax.random.key(config.seed))
+t_model, f_model = models.build_models(config)
+
+
+def fresh_run(config):
+    """(step-0 state, step key) of a run of `config.seed`, as `python -m rcot_jax.main` starts it."""
+    init_key, step_key = seed_keys(config.seed)
+    return init_state(config, init_key), step_key
+
+
+state, _ = fresh_run(config)
 eval_set = pipeline.EvalSet(config)    # the fixed held-out crops
 item = eval_set[0]
 two_pass = jax.jit(lambda t_params, x: t_model.apply(t_params, x, return_first_pass=True))
@@ -219,8 +251,7 @@ else:
 mesh = parallel.make_mesh()
 train_step = parallel.compile_train_step(config, mesh)
 evaluator = evaluate.make_evaluator(config, mesh)
-init_key, step_key = jax.random.split(jax.random.key(config.seed))
-state = steps.create_train_state(config, init_key)
+state, step_key = fresh_run(config)
 data = iter(pipeline.train_dataset(config))
 
 result, _ = evaluate.evaluate(evaluator, state.t_params, eval_set)

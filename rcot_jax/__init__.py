@@ -1,11 +1,12 @@
 """rcot_jax: Residual-Conditioned Optimal Transport in JAX."""
 import os
 
-# XLA:CPU settings measured on RCOT's train step with jaxlib 0.10 (experiments/benchmarks.md):
+# XLA:CPU settings measured on RCOT's train step with jaxlib 0.10, again on 0.11 and 0.12 (experiments/benchmarks.md):
 #  - its experimental YNN library fusions (on by default) make the step slower and its memory 1.7x larger;
 #  - its optimization-barrier expander lets common-subexpression elimination merge rematerialised forward
 #    passes back into the original ones, so `config.model.remat` would save no memory at all.
 _XLA_CPU_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": "", "xla_disable_hlo_passes": "cse_barrier_expander"}
+_MEASURED_JAXLIB = ("0.10.", "0.11.", "0.12.")
 # XLA_FLAGS reach every backend's compiler. `xla_disable_hlo_passes` is not CPU-only: a TPU program compiled with it
 # keeps its optimization barriers and fails ("HLO opt-barrier is not implemented on TPU"). A process that sets the
 # flags has no GPU or TPU of its own (`_xla_cpu_defaults`), so its only other compilations are ahead of time for a
@@ -25,16 +26,16 @@ def tpu_attached():
 
 def _xla_cpu_defaults():
     """Adds `_XLA_CPU_FLAGS` to XLA_FLAGS before JAX starts its backend, unless the user set them, when jaxlib
-    is 0.10.x (whose flags these are) and the machine has no GPU plugin and no TPU attached (libtpu alone, for
-    compiling ahead of time, does not count)."""
+    is one of `_MEASURED_JAXLIB` (an XLA that does not know a flag aborts the process) and the machine has no GPU
+    plugin and no TPU attached (libtpu alone, for compiling ahead of time, does not count)."""
     from importlib import metadata
     installed = {d.metadata["Name"].lower().replace("_", "-") for d in metadata.distributions()}
     gpu = any(n.startswith(("jax-cuda", "jax-rocm")) for n in installed)
     try:
-        jaxlib_010 = metadata.version("jaxlib").startswith("0.10.")
+        measured = metadata.version("jaxlib").startswith(_MEASURED_JAXLIB)
     except metadata.PackageNotFoundError:
         return
-    if gpu or not jaxlib_010 or (any(n.startswith("libtpu") for n in installed) and tpu_attached()):
+    if gpu or not measured or (any(n.startswith("libtpu") for n in installed) and tpu_attached()):
         return
     flags = os.environ.get("XLA_FLAGS", "")
     added = {name: value for name, value in _XLA_CPU_FLAGS.items() if name not in flags}

@@ -34,6 +34,7 @@ from rcot_jax import workdir as workdir_lib
 from rcot_jax.data import pipeline
 from rcot_jax.evaluate import evaluate, make_evaluator
 from rcot_jax.ids import GAUSSIAN_NOISE
+from rcot_jax.state import create_train_state, jit_init, seed_keys
 from rcot_jax.train import BATCH_KEYS
 
 
@@ -137,6 +138,30 @@ class _Batches:
         return {k: np.stack([np.asarray(batches[i][k]) for i in self.index]) for k in BATCH_KEYS}
 
 
+def start_group(cfgs, compiled):
+    """(step-0 states, step keys, compiled step, take) of runs whose configs differ only in SWEEPABLE scalars and
+    seeds: one run's own step, or one vmapped step of all (stacked states). `take(tree, k)` is run k's part of
+    a tree. Each run's keys are its seed's (`state.seed_keys`), as `main` derives them. `compiled` (a dict)
+    keeps the compiled functions for the next groups."""
+    base = cfgs[0]
+    init_keys, step_keys = (jnp.stack(k) for k in zip(*(seed_keys(c.seed) for c in cfgs)))
+    if len(cfgs) == 1:    # the plain step, with the config's own constants: faster than a vmap of one
+        step_key = ("step", variant_config(base, Variant("", {"seed": 0})).to_json(sort_keys=True))
+        take = (lambda tree, k: tree)
+        if step_key not in compiled:
+            compiled[step_key] = (jit_init(lambda k: create_train_state(base, k)),
+                                  jax.jit(lambda s, b, r, v: steps.train_step(s, b, r, base), donate_argnums=0))
+        init_keys, step_keys = init_keys[0], step_keys[0]
+    else:
+        step_key = ("vmapped step", _group_key(base), len(cfgs))
+        take = (lambda tree, k: jax.tree.map(lambda a: a[k], tree))
+        if step_key not in compiled:
+            compiled[step_key] = (jit_init(jax.vmap(lambda k: create_train_state(base, k))),
+                                  jax.jit(steps.sweep_train_step(base), donate_argnums=0))
+    init, step = compiled[step_key]
+    return init(init_keys), step_keys, step, take
+
+
 def train_group(runs, eval_set, mesh, on_eval=None, compiled=None):
     """Trains K runs [(variant name, config)] that differ only in SWEEPABLE scalars and seeds, in one vmapped
     step. Returns one record per run: curve [[step, psnr, ssim]], final psnr/ssim, diverged_at, wall_s.
@@ -145,24 +170,8 @@ def train_group(runs, eval_set, mesh, on_eval=None, compiled=None):
     cfgs = [c for _, c in runs]
     base = cfgs[0]
     values = {k: np.asarray([workdir_lib.get_key(c, k) for c in cfgs], np.float32) for k in steps.SWEEPABLE}
-    keys = [jax.random.split(jax.random.key(c.seed)) for c in cfgs]    # (init, step) as train.py derives them
     t0 = time.time()
-    if len(runs) == 1:    # the plain step, with the config's own constants: faster than a vmap of one
-        step_key = ("step", variant_config(base, Variant("", {"seed": 0})).to_json(sort_keys=True))
-        take = (lambda tree, k: tree)
-        if step_key not in compiled:
-            compiled[step_key] = (steps.jit_init(lambda k: steps.create_train_state(base, k)),
-                                  jax.jit(lambda s, b, r, v: steps.train_step(s, b, r, base), donate_argnums=0))
-        rngs, states_keys = keys[0][1], keys[0][0]
-    else:
-        step_key = ("vmapped step", _group_key(base), len(runs))
-        take = (lambda tree, k: jax.tree.map(lambda a: a[k], tree))
-        if step_key not in compiled:
-            compiled[step_key] = (steps.jit_init(jax.vmap(lambda k: steps.create_train_state(base, k))),
-                                  jax.jit(steps.sweep_train_step(base), donate_argnums=0))
-        rngs, states_keys = jnp.stack([k[1] for k in keys]), jnp.stack([k[0] for k in keys])
-    init, step = compiled[step_key]
-    states = init(states_keys)
+    states, rngs, step, take = start_group(cfgs, compiled)
     batches = _Batches(cfgs)
     records = [{"curve": [], "diverged_at": None} for _ in runs]
     n = base.num_train_steps

@@ -21,8 +21,9 @@ import jax.numpy as jnp
 from absl import logging
 
 import rcot_jax
-from rcot_jax import parallel, steps
+from rcot_jax import models, parallel, steps
 from rcot_jax.checkpointing import abstract_like
+from rcot_jax.state import create_train_state
 
 GIB = 2 ** 30
 # HBM per chip (GiB) by device kind: Google Cloud's TPU system-architecture pages (v4, v5e, v5p, v6e).
@@ -61,7 +62,7 @@ def tpu_devices(topology):
 
 def abstract_arguments(config, mesh):
     """(state, global batch, key) as ShapeDtypeStructs placed as `parallel.compile_train_step` places them."""
-    state = jax.eval_shape(lambda: steps.create_train_state(config, jax.random.key(0)))
+    state = jax.eval_shape(lambda: create_train_state(config, jax.random.key(0)))
     b, p = config.data.batch_size, config.data.patch_size
     batch = {"degraded": jnp.zeros((b, p, p, 3), jnp.float32), "target": jnp.zeros((b, p, p, 3), jnp.float32),
              "paired": jnp.zeros((b,), bool), "de_id": jnp.zeros((b,), jnp.int32)}
@@ -93,7 +94,7 @@ def compile_for(config, devices, per_chip_batch):
     kind = devices[0].device_kind
     record = {"chips": len(devices), "hosts": len({d.process_index for d in devices}),
               "device_kind": kind, "per_chip_batch": per_chip_batch, "global_batch": config.data.batch_size,
-              "conv_impl": steps.conv_impl(config, "tpu"), "remat": config.model.remat,
+              "conv_impl": models.conv_impl(config, "tpu"), "remat": config.model.remat,
               "precision": config.precision, "temp_gb_per_chip": None, "argument_gb_per_chip": None,
               "hbm_gb_per_chip": HBM_GIB.get(kind), "fits": False, "tflop_per_chip_step": None,
               "gb_accessed_per_chip_step": None, "compile_s": round(compile_s, 1)}

@@ -27,7 +27,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from rcot_jax import app as rcot_app
-from rcot_jax import configs, parallel, paths, steps
+from rcot_jax import configs, models, parallel, paths, steps
+from rcot_jax.state import create_train_state, init_state, jit_init, seed_keys
 
 config_flags.DEFINE_config_file("config", configs.resolve_path("configs/benchmark.py:b"),
                                 "Config to benchmark (configs/benchmark.py:a|b|c[:bf16]).", lock_config=True)
@@ -98,8 +99,8 @@ def synthetic_batch(config):
 def run_benchmark(config, mode="train", num_steps=10, devices=None):
     devices = devices or jax.local_devices()
     batch = synthetic_batch(config)
-    state = steps.create_train_state(config, jax.random.key(config.seed))
-    key = jax.random.key(0)
+    init_key, key = seed_keys(config.seed)
+    state = init_state(config, init_key)
     if mode == "train":
         gflop = _gflop(lambda s, b, k: steps.train_step(s, b, k, config), state, batch, key)
         step = parallel.compile_train_step(config, parallel.make_mesh(devices))
@@ -109,7 +110,7 @@ def run_benchmark(config, mode="train", num_steps=10, devices=None):
             holder[0], metrics = step(holder[0], batch, key)
             return metrics
     else:
-        t_model, _ = steps.build_models(config)
+        t_model, _ = models.build_models(config)
         gflop = _gflop(t_model.apply, state.t_params, batch["degraded"])
         restore = jax.jit(t_model.apply)
         degraded = jax.device_put(batch["degraded"], parallel.batch_sharding(parallel.make_mesh(devices)))
@@ -156,9 +157,9 @@ def run_input_benchmark(config, num_batches=50):
 def run_sweep_benchmark(config, num_variants=4, num_steps=10):
     """Time of one vmapped step of K variants (different cond_scale and seed) against K single steps."""
     batch = synthetic_batch(config)
-    keys = jax.random.split(jax.random.key(config.seed), num_variants)
+    init_keys, keys = (jnp.stack(k) for k in zip(*(seed_keys(config.seed + i) for i in range(num_variants))))
     values = {"model.cond_scale": np.linspace(0.0, 1.0, num_variants, dtype=np.float32)}
-    states = steps.jit_init(jax.vmap(lambda k: steps.create_train_state(config, k)))(keys)
+    states = jit_init(jax.vmap(lambda k: create_train_state(config, k)))(init_keys)
     stacked = jax.tree.map(lambda a: np.stack([a] * num_variants), batch)
     vmapped = jax.jit(steps.sweep_train_step(config), donate_argnums=0)
     holder = [states]
@@ -169,7 +170,7 @@ def run_sweep_benchmark(config, num_variants=4, num_steps=10):
 
     first_v, times_v = _time_calls(call_vmapped, num_steps)
     single = jax.jit(lambda s, b, k: steps.train_step(s, b, k, config), donate_argnums=0)
-    one = [steps.create_train_state(config, keys[0])]
+    one = [init_state(config, init_keys[0])]
 
     def call_single():
         one[0], metrics = single(one[0], batch, keys[0])

@@ -20,10 +20,11 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from rcot_jax import app as rcot_app
-from rcot_jax import paths, steps
+from rcot_jax import paths
 from rcot_jax import workdir as workdir_lib
 from rcot_jax.checkpointing import Checkpointer
 from rcot_jax.data import pipeline
+from rcot_jax.state import create_train_state
 from rcot_jax.weights import checkpoints, files
 
 FLAGS = flags.FLAGS
@@ -55,7 +56,7 @@ def import_official(config, checkpoint_files, workdir):
 
 
 def export_official(config, workdir, path):
-    abstract = jax.eval_shape(lambda: steps.create_train_state(config, jax.random.key(0)))
+    abstract = jax.eval_shape(lambda: create_train_state(config, jax.random.key(0)))
     t_sd, f_sd = checkpoints.params_to_official(config, checkpoints.init_from(workdir, abstract))
     stem, ext = os.path.splitext(path)
     for target, sd in ((path, t_sd), (f"{stem}_Fnet{ext}", f_sd)):

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from rcot_jax import inference, parallel, steps
+from rcot_jax import inference, models, parallel
 from rcot_jax import metrics as metrics_lib
 
 SCORES = ("psnr", "ssim", "input_psnr", "input_ssim")
@@ -32,7 +32,7 @@ def make_evaluator(config, mesh):
     every item restored and scored with `config.eval.metric_profile`; `rows` items (spread over those process 0
     scores) kept as (degraded, first pass, restored, target) for the sample grid; `on_item(index, restored)` is
     called for each item this process scores."""
-    t_model, _ = steps.build_models(config)
+    t_model, _ = models.build_models(config)
     chunk = parallel.round_up(config.data.eval_batch_size, mesh)
     sharding = parallel.batch_sharding(mesh)
     apply = jax.jit(lambda params, x: t_model.apply(params, x, return_first_pass=True),

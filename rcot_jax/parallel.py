@@ -12,7 +12,7 @@ Nothing else in rcot_jax builds a `Mesh` or a `NamedSharding`:
 `compile_train_step` runs whichever wrapper `config.parallel.wrapper` selects:
   'shard_map' (default): `jax.jit(jax.shard_map(...))`, state replicated, batch split along `data`, state donated;
   'pmap': `jax.pmap` over the mesh's devices with the same axis name, state broadcast in and out.
-It accepts the state from `steps.create_train_state` or from its own previous call, a global batch of NumPy or
+It accepts the state from `state.create_train_state` or from its own previous call, a global batch of NumPy or
 already-placed arrays whose leading size divides evenly over the mesh, and a `jax.random` key. The returned
 state is replicated over the mesh and the metrics are global scalars. The networks' convolutions are chosen for
 the mesh's platform (`config.model.conv_impl='auto'`), not for the host that compiles.
@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from rcot_jax import steps
+from rcot_jax import models, steps
 
 DATA_AXIS = "data"
 WRAPPERS = ("shard_map", "pmap")
@@ -74,7 +74,7 @@ def global_batch(local, mesh, keys=None):
 
 def _for_mesh(config, mesh):
     """`config` with `model.conv_impl` resolved for the mesh's platform."""
-    return steps.with_values(config, {"model.conv_impl": steps.conv_impl(config, platform(mesh))})
+    return steps.with_values(config, {"model.conv_impl": models.conv_impl(config, platform(mesh))})
 
 
 def jit_train_step(config, mesh: Mesh):

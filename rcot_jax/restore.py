@@ -120,8 +120,9 @@ def load_map(workdir=None, checkpoint=None, config=None):
     (`checkpoint` + `config`)."""
     import jax
     import ml_collections
-    from rcot_jax import steps
+    from rcot_jax import models
     from rcot_jax import workdir as workdir_lib
+    from rcot_jax.state import create_train_state
     from rcot_jax.weights import checkpoints
     run_config = workdir_lib.read_run_config(workdir) if workdir else None
     if run_config is not None:
@@ -130,8 +131,8 @@ def load_map(workdir=None, checkpoint=None, config=None):
         raise (FileNotFoundError(f"--workdir={workdir}: no config.json (not a training run); give --config "
                                  "describing its networks") if workdir else
                ValueError("--checkpoint needs --config (the networks it holds)"))
-    t_model, _ = steps.build_models(config)
-    abstract = jax.eval_shape(lambda: steps.create_train_state(config, jax.random.key(0)))
+    t_model, _ = models.build_models(config)
+    abstract = jax.eval_shape(lambda: create_train_state(config, jax.random.key(0)))
     t_params = checkpoints.init_from(workdir or checkpoint, abstract, config).t_params     # a run or a weights file
     return t_model, t_params
 

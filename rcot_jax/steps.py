@@ -13,73 +13,12 @@ from jax import lax
 
 from rcot_jax import losses, models, optim
 from rcot_jax.ids import fourier_exponent
-from rcot_jax.models import conv
 from rcot_jax.state import RCOTState
 
-BACKBONES = ("restormer", "mprnet")
 FOURIER_EXPONENTS = (0, 1, 2)     # config.loss.fourier_p: 0 = by degradation (ids.fourier_exponent)
 # Scalars a vmapped sweep may vary between variants (besides the seed): they enter the step as traced values.
 SWEEPABLE = ("loss.lambda_f", "loss.lambda_pair", "loss.lambda_gp", "model.cond_scale", "optim.lr_map",
              "optim.lr_critic")
-# Computation dtype of both networks (None: the input's). 'float64' (parameters too) needs JAX_ENABLE_X64=1: for
-# numerical comparisons, e.g. that runs on different device counts take the same steps.
-PRECISIONS = {"float32": None, "bf16": jnp.bfloat16, "float64": jnp.float64}
-# XLA:CPU spends most of an initialiser's compile optimising its ~1,300 random-bit kernels (LLVM at level 3), which
-# run once. At level 1 they give the same bits (tests/test_steps.py) and compile faster (measured: the tiny MPRNet
-# map's parameters 5.6 s instead of 14.2 s, the tiny Restormer's whole state 9.2 s instead of 19.2 s, the paper's
-# Restormer's 46 s instead of 57 s).
-_INIT_OPTIONS = {"cpu": {"xla_backend_optimization_level": 1}}
-
-
-def conv_impl(config, platform=None):
-    """'xla' or 'custom': the convolutions `config.model.conv_impl` selects on `platform` (default: JAX's default
-    backend; `parallel` passes the mesh's)."""
-    return conv.impl_for(config.model.conv_impl, platform or jax.default_backend())
-
-
-def build_models(config):
-    """(T, F) flax modules from `config.model` and `config.data.patch_size`."""
-    m = config.model
-    if config.precision not in PRECISIONS:
-        raise ValueError(f"config.precision={config.precision!r}, expected one of {tuple(PRECISIONS)}")
-    if config.precision == "float64" and not jax.config.jax_enable_x64:
-        raise ValueError("config.precision='float64' needs 64-bit JAX: set JAX_ENABLE_X64=1")
-    impl = conv_impl(config)
-    common = dict(two_pass=m.two_pass, cond_scale=m.cond_scale, dtype=PRECISIONS[config.precision],
-                  remat=m.remat, conv_impl=impl)
-    if m.backbone == "restormer":
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in m.restormer.items()}
-        t_model = models.RestormerRCOT(**kwargs, **common)
-    elif m.backbone == "mprnet":
-        t_model = models.MPRNetRCOT(**m.mprnet, **common)
-    else:
-        raise ValueError(f"config.model.backbone={m.backbone!r}, expected one of {BACKBONES}")
-    f_model = models.Critic(patch_size=config.data.patch_size, width=m.critic_width,
-                            fc_features=m.critic_fc_features or None, dtype=PRECISIONS[config.precision],
-                            conv_impl=impl)
-    return t_model, f_model
-
-
-def jit_init(fn, **jit_kwargs):
-    """`jax.jit(fn)` for a function that creates train states: compiled faster on a CPU, with the same result."""
-    return jax.jit(fn, compiler_options=_INIT_OPTIONS.get(jax.default_backend()), **jit_kwargs)
-
-
-def create_train_state(config, rng):
-    """Fresh parameters (PyTorch-default init for T, the official init for F) and optimiser states. Compiled on
-    its own (`jit_init`) unless called inside a trace (`jit_init`, `jax.vmap`), which then compiles it."""
-    t_model, f_model = build_models(config)
-    t_opt, f_opt = optim.make_optimizers(config)
-    p = config.data.patch_size
-
-    def init(t_key, f_key):   # the keys are arguments: every seed runs the same compiled program
-        # T's parameters do not depend on the input size; the critic's fc layer does.
-        t_params = t_model.init(t_key, jnp.zeros((1, 8, 8, 3)))
-        f_params = f_model.init(f_key, jnp.zeros((1, p, p, 3)))
-        return RCOTState(step=jnp.zeros((), jnp.int32), t_params=t_params, f_params=f_params,
-                         t_opt_state=t_opt.init(t_params), f_opt_state=f_opt.init(f_params))
-
-    return (init if isinstance(rng, jax.core.Tracer) else jit_init(init))(*jax.random.split(rng))
 
 
 def _psum(tree, axis_name):
@@ -123,7 +62,7 @@ def train_step(state: RCOTState, batch, rng, config, axis_name=None):
     `config.optim.accumulate_steps` = k > 1 splits the slice into k micro-batches: every optimiser step sums
     their gradients (shares, see losses.py), so it is the same update in less memory.
     """
-    t_model, f_model = build_models(config)
+    t_model, f_model = models.build_models(config)
     t_opt, f_opt = optim.make_optimizers(config)
     lc = config.loss
     k = config.optim.accumulate_steps

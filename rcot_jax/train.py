@@ -30,12 +30,13 @@ from jax.experimental import multihost_utils
 from PIL import Image
 
 from rcot_jax import metrics as metrics_lib
-from rcot_jax import parallel, steps
+from rcot_jax import parallel
 from rcot_jax import workdir as workdir_lib
 from rcot_jax import writers
 from rcot_jax.evaluate import SCORES, evaluate, make_evaluator, sample_grid, summarize, write_report
 from rcot_jax.checkpointing import Checkpointer, abstract_like
 from rcot_jax.data import pipeline
+from rcot_jax.state import create_train_state, jit_init, seed_keys
 from rcot_jax.weights import checkpoints as weights_checkpoints
 
 BATCH_KEYS = ("degraded", "target", "paired", "de_id")   # what the train step reads
@@ -95,11 +96,6 @@ def _truncate_log(path, step):
     workdir_lib.write_atomic(path, lambda tmp: pathlib.Path(tmp).write_text("".join(lines)))
 
 
-def _keys(config):
-    """(init key, step key), both derived from `config.seed`."""
-    return jax.random.split(jax.random.key(config.seed))
-
-
 def _announce_first_call(fn, what):
     """`fn` that says it is compiling before its first call (silent for a minute on a CPU otherwise) and how
     long that call took."""
@@ -124,7 +120,7 @@ def _check_fits(config, mesh):
         raise ValueError(f"config.sweep.axis={config.sweep.axis!r}: sweeps train with `python -m rcot_jax.ablate "
                          "--grid=sweep`; rcot_jax.main trains one run")
     parallel.check_batch_size(config.data.batch_size, mesh, config.optim.accumulate_steps)
-    jax.eval_shape(lambda: steps.create_train_state(config, _keys(config)[0]))   # the model keys
+    jax.eval_shape(lambda: create_train_state(config, seed_keys(config.seed)[0]))   # the model keys
 
 
 def _require_checkpoint(directory):
@@ -133,13 +129,19 @@ def _require_checkpoint(directory):
                                 "--mode=eval)")
 
 
+def initial_state(config, sharding):
+    """A run's step-0 state, from `config.seed`'s init key, created in place with `sharding` (on several
+    processes a host value cannot be device_put globally)."""
+    return jit_init(lambda: create_train_state(config, seed_keys(config.seed)[0]), out_shardings=sharding)()
+
+
 def _restore_or_init(config, ckpt, sharding, data_iter, step=None):
     latest = ckpt.latest_step()
-    if latest is None:    # created in place: on several processes a host value cannot be device_put globally
+    if latest is None:
         logging.info("Initialising the train state (compiling its initialiser) ...")
-        state = steps.jit_init(lambda: steps.create_train_state(config, _keys(config)[0]), out_shardings=sharding)()
+        state = initial_state(config, sharding)
         return weights_checkpoints.init_from(config.init_from, state, config) if config.init_from else state
-    abstract = abstract_like(jax.eval_shape(lambda: steps.create_train_state(config, _keys(config)[0])), sharding)
+    abstract = abstract_like(jax.eval_shape(lambda: create_train_state(config, seed_keys(config.seed)[0])), sharding)
     if step is not None:
         if step not in ckpt.manager.all_steps():
             raise FileNotFoundError(f"config.eval.step={step}: no checkpoint {step} in {ckpt.directory} (it has "
@@ -240,7 +242,7 @@ def train_and_evaluate(config, workdir):
 def _train_and_evaluate(config, workdir, held):
     is_main = jax.process_index() == 0
     mesh, data_iter, eval_data, ckpt, state = _setup(config, workdir, held=held)
-    step_rng = jax.jit(lambda: _keys(config)[1], out_shardings=parallel.replicated(mesh))()
+    step_rng = jax.jit(lambda: seed_keys(config.seed)[1], out_shardings=parallel.replicated(mesh))()
     first_step = int(state.step)
     if is_main:
         workdir_lib.record_config(workdir, config, first_step)

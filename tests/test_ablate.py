@@ -7,10 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rcot_jax import ablate, losses, steps, workdir
+from rcot_jax import ablate, losses, models, steps, workdir
 from rcot_jax.configs import denoise
 from rcot_jax.data import pipeline
 from rcot_jax.train import BATCH_KEYS
+from rcot_jax.state import create_train_state, init_state, jit_init, seed_keys
 
 
 def _tiny():
@@ -33,16 +34,16 @@ def test_vmapped_variants_take_the_steps_they_take_alone():
                                                                     "optim.lr_map": lr}))
             for s, c, lr in ((0, 0.0, 4e-4), (1, 0.8, 1e-4))]
     data = [_batches(c, 3) for c in runs]
-    keys = [jax.random.split(jax.random.key(c.seed)) for c in runs]
+    keys = [seed_keys(c.seed) for c in runs]
     values = {k: np.asarray([workdir.get_key(c, k) for c in runs], np.float32) for k in steps.SWEEPABLE}
-    states = steps.jit_init(jax.vmap(lambda k: steps.create_train_state(config, k)))(jnp.stack([k[0] for k in keys]))
+    states = jit_init(jax.vmap(lambda k: create_train_state(config, k)))(jnp.stack([k[0] for k in keys]))
     sweep = jax.jit(steps.sweep_train_step(config), donate_argnums=0)     # as rcot_jax.ablate compiles it
     for i in range(3):
         batch = {k: np.stack([d[i][k] for d in data]) for k in BATCH_KEYS}
         states, swept = sweep(states, batch, jnp.stack([k[1] for k in keys]), values)
     assert not np.allclose(swept["transport_loss"][0], swept["transport_loss"][1], rtol=1e-3)
     for j, run in enumerate(runs):
-        state = steps.create_train_state(run, keys[j][0])
+        state = init_state(run, keys[j][0])
         step = jax.jit(functools.partial(steps.train_step, config=run))
         for i in range(3):
             state, alone = step(state, data[j][i], keys[j][1])
@@ -57,13 +58,13 @@ def test_critic_off_and_forced_fourier_exponent():
     config.critic.enabled = False
     config.loss.fourier_p = 1
     batch = _batches(config, 1)[0]
-    state = steps.create_train_state(config, jax.random.key(0))
+    state = init_state(config, jax.random.key(0))
     new, m = jax.jit(functools.partial(steps.train_step, config=config))(state, batch, jax.random.key(1))
     for old, updated in zip(jax.tree.leaves(state.f_params), jax.tree.leaves(new.f_params)):
         np.testing.assert_array_equal(old, updated)
     assert float(m["critic_loss"]) == 0 and float(m["gradient_penalty"]) == 0
     np.testing.assert_allclose(m["transport_loss"], m["cost"] + config.loss.lambda_pair * m["paired_l1"], rtol=1e-6)
-    t_model, _ = steps.build_models(config)
+    t_model, _ = models.build_models(config)
     residual = batch["degraded"] - jax.jit(t_model.apply)(state.t_params, batch["degraded"])
     p1, p2 = (losses.fourier_residual_cost(residual, jnp.full(len(residual), p)) for p in (1, 2))
     np.testing.assert_allclose(m["fourier"], p1, rtol=1e-5)

@@ -13,6 +13,7 @@ import pytest
 
 from rcot_jax import parallel, steps
 from rcot_jax.configs import default
+from rcot_jax.state import init_state
 
 
 def _batch(dtype):
@@ -63,7 +64,7 @@ def x64():
 
 @pytest.fixture(scope="module")
 def setup64(x64):
-    state = steps.create_train_state(_config(1), jax.random.key(1))
+    state = init_state(_config(1), jax.random.key(1))
     assert jax.tree.leaves(state.t_params)[0].dtype == jnp.float64
     batch = _batch(np.float64)
     reference = _step(_config(1), state, batch)
@@ -94,7 +95,7 @@ def test_accumulation_equals_one_step_float32():
     # step carries that into F's parameters (~1e-5, as between 1 and 8 devices, see README). critic_loss is
     # such a difference too (~3e-8), so only its absolute error is meaningful.
     with jax.enable_x64(False):
-        state = steps.create_train_state(_config(1), jax.random.key(1))
+        state = init_state(_config(1), jax.random.key(1))
         batch = _batch(np.float32)
         _check(_step(_config(4), state, batch), _step(_config(1), state, batch),
                {"state": 1e-5, "metrics": 1e-5, "f": 1e-4, "f_opt": 1e-3}, metrics_abs=1e-6)
@@ -102,6 +103,6 @@ def test_accumulation_equals_one_step_float32():
 
 def test_indivisible_batch_is_rejected():
     with jax.enable_x64(False):
-        state = steps.create_train_state(_config(1), jax.random.key(1))
+        state = init_state(_config(1), jax.random.key(1))
         with pytest.raises(ValueError, match="accumulate_steps=3 does not divide the 8 samples"):
             _step(_config(3), state, _batch(np.float32))

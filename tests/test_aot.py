@@ -67,6 +67,7 @@ def test_a_two_host_slice_compiles_without_the_xla_cpu_flags(tmp_path):
     _check_spans_every_chip(compiled, devices, 1)
 
 
+@pytest.mark.slow
 @needs_libtpu
 def test_an_unknown_topology_is_one_line_naming_the_known_ones():
     result = subprocess.run([sys.executable, "-m", "rcot_jax.benchmark", "--mode=aot", "--topology=v5x:2x2",

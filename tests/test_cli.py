@@ -81,6 +81,7 @@ def trained(tmp_path_factory, image_folder):
     return workdir, result.stderr
 
 
+@pytest.mark.slow
 def test_the_cli_trains_from_any_directory_and_says_what_it_compiles(trained):
     workdir, console = trained
     assert [line["step"] for line in _eval_lines(workdir)] == [2]
@@ -91,6 +92,7 @@ def test_the_cli_trains_from_any_directory_and_says_what_it_compiles(trained):
     assert dated.endswith("-step0.json") and json.loads((workdir / "config_history" / dated).read_text()) == config
 
 
+@pytest.mark.slow
 def test_eval_mode_uses_the_runs_config_and_appends_its_result(trained, tmp_path):
     workdir, _ = trained
     run = tmp_path / "run"
@@ -107,6 +109,7 @@ def test_eval_mode_uses_the_runs_config_and_appends_its_result(trained, tmp_path
     assert "--config.model.critic_width=8: the run in this workdir was trained with model.critic_width=16" in result.stderr
 
 
+@pytest.mark.slow
 def test_failed_launches_leave_an_existing_workdir_byte_identical_and_create_none(trained, tmp_path):
     workdir, _ = trained
     before = _tree(workdir)
@@ -125,6 +128,7 @@ def test_failed_launches_leave_an_existing_workdir_byte_identical_and_create_non
     assert _tree(workdir) == before
 
 
+@pytest.mark.slow
 def test_a_relaunch_with_other_model_keys_is_refused_and_other_data_keys_warned(trained, caplog):
     workdir, _ = trained
     before = _tree(workdir)
@@ -157,6 +161,7 @@ def test_eval_without_a_checkpoint_fails_without_creating_anything(tmp_path):
     assert not os.path.exists(tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_user_errors_are_one_line_and_help_lists_the_configs(tmp_path):
     result = _cli(tmp_path, "--help")
     assert result.returncode == 0
@@ -173,6 +178,7 @@ def test_user_errors_are_one_line_and_help_lists_the_configs(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_failed_save_stops_the_run_with_one_message_and_keeps_the_last_checkpoint(trained, image_folder, tmp_path):
     workdir, _ = trained
     run = tmp_path / "run"
@@ -229,6 +235,7 @@ def _command(name, *args, cwd=ROOT):
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", COMMANDS)
 def test_help_lists_the_commands_flags_and_exits_0(name):
     result = _command(name, "--help")
@@ -239,6 +246,7 @@ def test_help_lists_the_commands_flags_and_exits_0(name):
     assert own in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,args,message", [
     ("restore", ["--workdir=W", "--input=~/no_photo.png", "--output=out"],
      "--input={home}/no_photo.png: no such file or folder (missing)"),

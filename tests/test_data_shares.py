@@ -9,11 +9,13 @@ import sys
 import jax
 import numpy as np
 import portpicker
+import pytest
 from PIL import Image
 
-from rcot_jax import evaluate, parallel, steps
+from rcot_jax import evaluate, parallel
 from rcot_jax.configs import derain
 from rcot_jax.data import pipeline
+from rcot_jax.state import init_state
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 SIZES = [(48, 64), (64, 48), (40, 40), (48, 64), (33, 70), (64, 64), (48, 64)]   # 7 images, 4 size buckets
@@ -49,7 +51,7 @@ def config(folder):
 
 
 def evaluate_once(c, eval_set):
-    state = steps.create_train_state(c, jax.random.key(0))
+    state = init_state(c, jax.random.key(0))
     result, _ = evaluate.evaluate(evaluate.make_evaluator(c, parallel.make_mesh()), state.t_params, eval_set)
     return result
 
@@ -62,6 +64,7 @@ def _fabricate(folder):
             Image.fromarray(rng.integers(0, 256, (*hw, 3), dtype=np.uint8)).save(folder / sub / f"{i}.png")
 
 
+@pytest.mark.slow
 def test_two_processes_split_training_and_cover_the_test_split_once(tmp_path):
     _fabricate(tmp_path)
     (tmp_path / "run.py").write_text(SCRIPT)

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rcot_jax import models, steps
+from rcot_jax import models
 from rcot_jax.configs import default
 
 
@@ -19,7 +19,7 @@ def test_official_parameter_counts():
 
 
 def test_default_config_builds_official_sizes():
-    t_model, f_model = steps.build_models(default.get_config())
+    t_model, f_model = models.build_models(default.get_config())
     assert _num_params(t_model, (1, 128, 128, 3)) == 44_600_640
     assert _num_params(f_model, (1, 128, 128, 3)) == 30_588_609
 
@@ -34,7 +34,7 @@ def _tiny_map(config, backbone, **overrides):
     config.model.backbone = backbone
     for k, v in overrides.items():
         setattr(config.model, k, v)
-    return steps.build_models(config)[0]
+    return models.build_models(config)[0]
 
 
 @pytest.mark.parametrize("backbone", ["restormer", "mprnet"])
@@ -102,7 +102,7 @@ def test_both_conv_impls_give_the_same_map_and_critic(tiny, backbone):
     results = {}
     for impl in ("custom", "xla"):
         config.model.conv_impl = impl
-        t_model, f_model = steps.build_models(config)
+        t_model, f_model = models.build_models(config)
         t_params, f_params = jax.jit(t_model.init)(jax.random.key(1), x), jax.jit(f_model.init)(jax.random.key(2), x)
 
         def loss(tp, fp):

@@ -17,8 +17,11 @@ import pytest
 from jax._src.clusters import cloud_tpu_cluster
 
 from rcot_jax.configs import denoise
-from rcot_jax import steps
+
 from rcot_jax.checkpointing import abstract_like
+from rcot_jax.state import create_train_state
+
+pytestmark = pytest.mark.slow     # multi-process launches
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 STEPS = 4
@@ -96,7 +99,7 @@ def _state(workdir, step, precision="float32"):
     config = _config()
     config.precision = precision
     with jax.enable_x64(precision == "float64"):
-        abstract = jax.eval_shape(lambda: steps.create_train_state(config, jax.random.key(0)))
+        abstract = jax.eval_shape(lambda: create_train_state(config, jax.random.key(0)))
         target = abstract_like(abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
         with ocp.StandardCheckpointer() as checkpointer:
             state = checkpointer.restore(workdir / "checkpoints" / str(step) / "state", target)

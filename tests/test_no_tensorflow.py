@@ -7,6 +7,9 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+pytestmark = pytest.mark.slow     # subprocesses
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 CORE = ["models", "losses", "optim", "state", "steps", "parallel"]
 SHELL = ["evaluate", "inference", "data.pipeline", "train"]

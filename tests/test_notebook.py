@@ -7,6 +7,7 @@ import time
 
 import jupytext
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -44,6 +45,7 @@ def _kernel_for_this_interpreter(directory):
         "display_name": "rcot_jax test", "language": "python"}))
 
 
+@pytest.mark.slow
 def test_runs_headless(tmp_path, monkeypatch):
     _kernel_for_this_interpreter(tmp_path / "jupyter")
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))

@@ -10,6 +10,7 @@ import pytest
 
 from rcot_jax import parallel, steps
 from rcot_jax.configs import default
+from rcot_jax.state import init_state
 
 
 def _batch(dtype):
@@ -47,7 +48,7 @@ def x64():
 def setup(x64):
     config = default.get_config("tiny")
     config.model.backbone = "mprnet"    # no network mixes samples, so the smaller graph checks the same reductions
-    return config, steps.create_train_state(config, jax.random.key(1)), _batch(np.float64)
+    return config, init_state(config, jax.random.key(1)), _batch(np.float64)
 
 
 @pytest.fixture(scope="module")

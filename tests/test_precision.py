@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from rcot_jax.configs import default
-from rcot_jax import steps
+from rcot_jax import models, steps
+from rcot_jax.state import init_state
 
 
 def _batch(config, seed=0):
@@ -24,7 +25,7 @@ def test_bf16_step_is_finite_and_keeps_float32_state():
     # The step's casts are the same for both maps (each map's bf16 layers: test_bf16_networks_follow_float32);
     # the MPRNet step compiles in less than half the Restormer's time.
     config = _config(precision="bf16", **{"model.backbone": "mprnet"})
-    state = steps.create_train_state(config, jax.random.key(0))
+    state = init_state(config, jax.random.key(0))
     step = jax.jit(lambda s, b: steps.train_step(s, b, jax.random.key(1), config))
     for _ in range(2):
         state, metrics = step(state, _batch(config))
@@ -35,7 +36,7 @@ def test_bf16_step_is_finite_and_keeps_float32_state():
 
 @pytest.mark.parametrize("backbone", ["restormer", "mprnet"])
 def test_bf16_networks_follow_float32(backbone):
-    (t16, f16), (t32, f32) = (steps.build_models(_config(precision=p, **{"model.backbone": backbone}))
+    (t16, f16), (t32, f32) = (models.build_models(_config(precision=p, **{"model.backbone": backbone}))
                               for p in ("bf16", "float32"))
     x = jnp.asarray(_batch(_config())["degraded"])
     t_params, f_params = jax.jit(t32.init)(jax.random.key(0), x), jax.jit(f32.init)(jax.random.key(1), x)
@@ -49,15 +50,15 @@ def test_bf16_networks_follow_float32(backbone):
 
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="config.precision='fp8'"):
-        steps.build_models(_config(precision="fp8"))
+        models.build_models(_config(precision="fp8"))
 
 
 @pytest.mark.parametrize("backbone,policy", [("restormer", "full"), ("restormer", "dots"), ("mprnet", "full")])
 def test_remat_gives_the_same_gradients(backbone, policy):
     batch = _batch(_config())
     x, y = jnp.asarray(batch["degraded"]), jnp.asarray(batch["target"])
-    base, _ = steps.build_models(_config(**{"model.backbone": backbone}))
-    rematted, _ = steps.build_models(_config(**{"model.backbone": backbone, "model.remat": policy}))
+    base, _ = models.build_models(_config(**{"model.backbone": backbone}))
+    rematted, _ = models.build_models(_config(**{"model.backbone": backbone, "model.remat": policy}))
     params = jax.jit(base.init)(jax.random.key(0), x)
     assert jax.tree.structure(params) == jax.tree.structure(jax.eval_shape(rematted.init, jax.random.key(0), x))
 
@@ -69,6 +70,6 @@ def test_remat_gives_the_same_gradients(backbone, policy):
 
 
 def test_unknown_remat_policy_is_refused():
-    model, _ = steps.build_models(_config(**{"model.remat": "some"}))
+    model, _ = models.build_models(_config(**{"model.remat": "some"}))
     with pytest.raises(ValueError, match="config.model.remat='some'"):
         model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))

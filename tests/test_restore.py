@@ -10,9 +10,10 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from rcot_jax import inference, metrics, restore, steps, train
+from rcot_jax import inference, metrics, models, restore, train
 from rcot_jax.configs import denoise
 from rcot_jax.data import degradations
+from rcot_jax.state import init_state
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -21,8 +22,8 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 def tiny_map():
     c = denoise.get_config("tiny")
     c.model.backbone = "mprnet"
-    t_model, _ = steps.build_models(c)
-    return t_model, steps.create_train_state(c, jax.random.key(0)).t_params
+    t_model, _ = models.build_models(c)
+    return t_model, init_state(c, jax.random.key(0)).t_params
 
 
 def _photo(hw):
@@ -82,6 +83,7 @@ def test_modes_and_bit_depths_round_trip(tiny_map, tmp_path):
     assert (out / "grey.png").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_the_command_restores_with_a_trained_run(tmp_path):
     c = denoise.get_config("tiny")
     c.model.backbone = "mprnet"

@@ -269,6 +269,7 @@ def test_prepare_keeps_the_pairs_of_a_file_list_and_names_a_layout_it_does_not_k
         builders.prepare("reside_ots", str(tmp_path / "odd"), str(tmp_path / "data2"))
 
 
+@pytest.mark.slow
 def test_the_readme_prepare_command_with_a_literal_tilde(tmp_path, monkeypatch):
     """`--manual_dir=~/Rain100L --data_dir=~/rcot_data` as the README writes it: the shell leaves `~` alone after
     `=`; the command expands it, and a config's `data.data_dir=~/rcot_data` then finds the dataset."""

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 from rcot_jax.configs import allinone, deblur, dehaze, denoise, derain, lowlight, sr
-from rcot_jax import steps, train, writers
+from rcot_jax import train, writers
 from rcot_jax import workdir as workdir_lib
 from rcot_jax.checkpointing import Checkpointer
 from rcot_jax.data import pipeline
+from rcot_jax.state import create_train_state
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 TASKS = {"deblur": deblur, "denoise": denoise, "derain": derain, "dehaze": dehaze, "sr": sr,
@@ -33,7 +34,7 @@ def _eval_lines(workdir):
 def _restore_latest(config, workdir):
     """The latest checkpoint restored through the public path, with a fresh data iterator."""
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
-    abstract = jax.eval_shape(lambda: steps.create_train_state(config, jax.random.key(0)))
+    abstract = jax.eval_shape(lambda: create_train_state(config, jax.random.key(0)))
     data_iter = iter(pipeline.train_dataset(config))
     try:
         return ckpt.latest_step(), ckpt.restore(ckpt.latest_step(), abstract, data_iter)
@@ -103,6 +104,7 @@ def _wait_for(proc, text, timeout=300):
     raise AssertionError(f"{text!r} not seen:\n" + "".join(seen[-30:]))
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     proc = _launch(tmp_path, "--config.checkpoint_every_steps=1000")
     _wait_for(proc, "] [2] train/")
@@ -134,6 +136,7 @@ def test_sigterm_saves_a_checkpoint_and_returns(tmp_path, monkeypatch):
     assert signal.getsignal(signal.SIGTERM) == previous     # the handler is removed again
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_finishes_the_run(tmp_path, caplog):
     proc = _launch(tmp_path, "--config.checkpoint_every_steps=2")
     _wait_for(proc, "] [5] train/")          # saving 4 waited for 2 to finish; 4 may be in flight

@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 
 from rcot_jax import models, weights  # noqa: E402
 from rcot_jax.weights import checkpoints, torch_format  # noqa: E402
+from rcot_jax.state import init_state  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 FIXTURE = np.load(io.BytesIO(lzma.open(os.path.join(os.path.dirname(__file__), "data",
@@ -240,6 +241,7 @@ def _run(*args):
     return proc.stderr
 
 
+@pytest.mark.slow
 def test_convert_then_eval_export_and_init_from(tmp_path):
     map_file, critic_file = str(tmp_path / "mpr.pth"), str(tmp_path / "critic.safetensors")
     torch.save({"epoch": 1, "Tnet": {k: torch.from_numpy(v.copy()) for k, v in
@@ -263,11 +265,10 @@ def test_convert_then_eval_export_and_init_from(tmp_path):
         assert all(np.array_equal(exported[k].numpy(), official[k]) for ks in used.values() for k in ks)
 
     from rcot_jax.configs import deblur
-    from rcot_jax import steps
     cfg = deblur.get_config("tiny")
     cfg.model.backbone, cfg.model.critic_width = "mprnet", 64
     cfg.model.mprnet.update(c)
-    state = steps.create_train_state(cfg, jax.random.key(5))
+    state = init_state(cfg, jax.random.key(5))
     started = checkpoints.init_from(workdir, state)
     expected = weights.to_params(official_state_dict("mprnet"), model_of("mprnet"), abstract("mprnet"), "m")
     jax.tree.map(np.testing.assert_array_equal, started.t_params["params"], expected)

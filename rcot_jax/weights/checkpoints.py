@@ -7,19 +7,18 @@ fine-tunes it, and `config.init_from=<workdir>` starts another run from its para
 import os
 
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 
-from rcot_jax import optim, paths, steps
-from rcot_jax.state import RCOTState
+from rcot_jax import models, paths
+from rcot_jax.state import create_train_state, jit_init, seed_keys
 from rcot_jax.weights import files, mapping
 from rcot_jax.weights.torch_format import WeightsError
 
 
 def official_to_params(config, paths):
     """(T params, F params or None) of the networks `config` builds, from official checkpoint file(s)."""
-    t_model, f_model = steps.build_models(config)
+    t_model, f_model = models.build_models(config)
     t_sd, f_sd, sources = files.networks(paths)
     if t_sd is None:
         raise WeightsError(f"{', '.join(map(str, paths))}: no transport map (T_net) state dict found")
@@ -32,22 +31,16 @@ def official_to_params(config, paths):
 
 
 def state_from_params(config, t_params, f_params=None):
-    """A step-0 train state holding these parameters (a fresh critic when `f_params` is None) and fresh
-    optimiser states; only a missing critic is initialised, so no map forward pass is compiled."""
-    _, f_model = steps.build_models(config)
-    if f_params is None:
-        p = config.data.patch_size
-        f_params = jax.jit(f_model.init)(jax.random.split(jax.random.key(config.seed))[1],
-                                         jnp.zeros((1, p, p, 3)))["params"]
-    t_opt, f_opt = optim.make_optimizers(config)
-    t_params, f_params = jax.device_put(({"params": t_params}, {"params": f_params}))
-    return RCOTState(step=jnp.zeros((), jnp.int32), t_params=t_params, f_params=f_params,
-                     t_opt_state=t_opt.init(t_params), f_opt_state=f_opt.init(f_params))
+    """A step-0 train state holding these parameters (when `f_params` is None, the critic a run of
+    `config.seed` starts with) and fresh optimiser states; only a missing critic is initialised."""
+    wrap = (lambda params: None if params is None else {"params": params})
+    return jit_init(lambda key, t, f: create_train_state(config, key, t, f))(
+        seed_keys(config.seed)[0], wrap(t_params), wrap(f_params))
 
 
 def params_to_official(config, state, seed=0):
     """(T's official state dict, F's official state dict) of a train state."""
-    t_model, f_model = steps.build_models(config)
+    t_model, f_model = models.build_models(config)
     return (mapping.from_params(jax.device_get(state.t_params["params"]), t_model, seed),
             mapping.from_params(jax.device_get(state.f_params["params"]), f_model, seed))
 
