@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's TPU planning table: the paper's settings (configs/benchmark.py:a, which every task's default
+# docs/performance.md's TPU planning table: the paper's settings (configs/benchmark.py:a, which every task's default
 # compiles to) compiled ahead of time for one slice of each TPU generation, with each remat policy, at the paper's
 # batch on every chip and up to the largest per-chip batch that fits. One record per (slice, remat) is appended
 # to experiments/aot_results.jsonl (cells already there are skipped), and every compilation's record to

@@ -1,6 +1,6 @@
 """How far the `rgb` profile's SSIM (BasicSR's 2-D SSIM) is from NAFNet's 3-D SSIM (profile `nafnet`), on full-size
 colour photographs with the project's degradations: the gap a reader of NAFNet's GoPro / SIDD tables must not
-ignore. `python experiments/nafnet_ssim.py` prints one line per pair and the summary (README, metric profiles)."""
+ignore. `python experiments/nafnet_ssim.py` prints one line per pair and the summary (docs/evaluation.md, metric profiles)."""
 import numpy as np
 from skimage import data
 

@@ -342,5 +342,5 @@ plt.show()
 # python -m rcot_jax.ablate --config=configs/denoise.py:quick --grid=paper --workdir=DIR
 # ```
 #
-# It writes the same table and curves to `DIR`. The [README](https://github.com/rcot-jax/rcot_jax/blob/main/README.md)
-# reports its results.
+# It writes the same table and curves to `DIR`. The [ablation docs](https://github.com/rcot-jax/rcot_jax/blob/main/docs/ablations.md)
+# report its results.

@@ -5,7 +5,7 @@ libtpu (`pip install -e ".[tpu-aot]"`) compiles for a topology it is given by na
 chips. The program is `parallel.jit_train_step`'s, the one `parallel.compile_train_step` runs for users: the
 mesh spans every chip of every host, the state is replicated and the global batch is split along `data` as
 `train.py` feeds it (each host its share). Convolutions follow `config.model.conv_impl` resolved for TPU ('auto':
-XLA's own). Memory is XLA's buffer assignment per chip; step time needs the chips, so the README turns FLOPs and
+XLA's own). Memory is XLA's buffer assignment per chip; step time needs the chips, so docs/performance.md turns FLOPs and
 bytes into lower bounds with published peaks.
 
 Sizes are in GiB (2**30 bytes), as HBM capacities are quoted.

@@ -235,3 +235,12 @@ def _abandoned_orbax_task(record):
 def abstract_like(state, sharding):
     """ShapeDtypeStructs of `state` placed with `sharding`: the restore target."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
+
+
+def restore_params(step_dir, target):
+    """The parameters of one checkpoint (`<workdir>/checkpoints/<step>`): `target` is {"t_params": ...,
+    "f_params": ...} of abstract arrays (ShapeDtypeStructs with shardings), or any subset of the saved state's
+    top-level keys. Only those arrays are read: no optimiser state, no data iterator."""
+    with ocp.PyTreeCheckpointer() as ckpt:
+        return ckpt.restore(os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))

@@ -42,7 +42,7 @@ def import_official(config, checkpoint_files, workdir):
     if f_params is None:
         logging.warning("%s holds no critic; F is freshly initialised", ", ".join(checkpoint_files))
     state = checkpoints.state_from_params(config, t_params, f_params)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+    ckpt = Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINTS), config.keep_checkpoints)
     try:
         if ckpt.latest_step() is not None:
             raise FileExistsError(f"{ckpt.directory} already holds checkpoints; convert into a new workdir")

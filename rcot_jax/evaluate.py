@@ -1,19 +1,27 @@
-"""Evaluation on the held-out set: every item at its own size, in fixed-size batches.
+"""Evaluation on the held-out set: every item at its own size, in fixed-size batches; and `--mode=eval`.
 
 Items are grouped by their size rounded up to `data.eval_bucket` (one compiled shape per group), reflect-padded to
 it and cropped back (`rcot_jax.inference`), `eval_batch_size` at a time rounded up to a multiple of the devices. On
 several processes each process decodes only its share of each batch and scores it; the scores are gathered, so
 the result equals one process's. Memory holds one batch, whatever the size of the split.
 """
+import hashlib
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
+from PIL import Image
 
-from rcot_jax import inference, models, parallel
+from rcot_jax import inference, models, parallel, writers
 from rcot_jax import metrics as metrics_lib
+from rcot_jax import workdir as workdir_lib
+from rcot_jax.checkpointing import Checkpointer, abstract_like, restore_params
+from rcot_jax.data import pipeline
+from rcot_jax.state import create_train_state
 
 SCORES = ("psnr", "ssim", "input_psnr", "input_ssim")
 
@@ -120,3 +128,94 @@ def sample_grid(rows, size):
             top, left = (img.shape[0] - s) // 2, (img.shape[1] - s) // 2
             grid[r * (s + gap):r * (s + gap) + s, c * (s + gap):c * (s + gap) + s] = img[top:top + s, left:left + s]
     return metrics_lib.to_uint8(grid)
+
+
+def eval_line(step, profile, result, **extra):
+    """One line of eval.jsonl: the step, the metric profile and the scores (4 decimals)."""
+    return {"step": step, "profile": profile, **{k: round(v, 4) for k, v in result.items()}, **extra}
+
+
+def eval_scalars(profile, result):
+    """TensorBoard's eval scalars, tagged with the metric profile: eval/<profile>/psnr, ..."""
+    return {f"eval/{profile}/{k}": v for k, v in result.items()}
+
+
+def _read_map(config, directory, mesh):
+    """(step, T's parameters) of the checkpoint `--mode=eval` evaluates: `config.eval.step`, else the newest one
+    that reads (an unreadable newer one is reported, as training does, and left in place)."""
+    ckpt = Checkpointer(directory, keep=None, create=False)
+    try:
+        steps = sorted(ckpt.manager.all_steps(), reverse=True)
+    finally:
+        ckpt.close()
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint to evaluate in {directory}: train first (the same command without "
+                                "--mode=eval)")
+    if config.eval.step:
+        if config.eval.step not in steps:
+            raise FileNotFoundError(f"config.eval.step={config.eval.step}: no checkpoint {config.eval.step} in "
+                                    f"{directory} (it has {sorted(steps)})")
+        steps = [config.eval.step]
+    abstract = abstract_like(jax.eval_shape(lambda: create_train_state(config, jax.random.key(0)).t_params),
+                             parallel.replicated(mesh))
+    errors = []
+    for step in steps:
+        try:
+            return step, restore_params(os.path.join(directory, str(step)), {"t_params": abstract})["t_params"]
+        except Exception as e:     # tensorstore raises a bare Exception for unreadable data
+            logging.warning("checkpoint %s/%d could not be read: %s", directory, step, str(e).splitlines()[0][:300])
+            errors.append(e)
+    raise ValueError(f"checkpoint {directory}/{steps[0]}: T's parameters do not read (model keys changed, or damaged "
+                     f"files): {str(errors[0]).splitlines()[0][:300]}") from errors[0]
+
+
+def evaluate_checkpoint(config, workdir):
+    """The `--mode=eval` command: restores the held-out set with the latest checkpoint (or `config.eval.step`),
+    appends the result to eval.jsonl and TensorBoard, and writes `eval/<split>_<step>_<profile>/`: per_image.csv,
+    summary.json and (`config.eval.save_images`) the restored images as PNG. Only T's parameters are read from
+    the checkpoint (no optimiser or critic state, no training data). The folder appears complete or not at all
+    (written as `<split>_<step>_<profile>.partial`, then renamed); each metric profile keeps its own."""
+    workdir = os.path.abspath(workdir)
+    directory = os.path.join(workdir, workdir_lib.CHECKPOINTS)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no checkpoint to evaluate in {directory}: train first (the same command without "
+                                "--mode=eval)")
+    mesh = parallel.make_mesh()
+    step, t_params = _read_map(config, directory, mesh)
+    eval_data = pipeline.EvalSet(config)
+    is_main = jax.process_index() == 0
+    profile = config.eval.metric_profile
+    final = workdir_lib.eval_dir(workdir, eval_data.split, step, profile)
+    partial = final + ".partial"
+    if is_main:
+        shutil.rmtree(partial, ignore_errors=True)
+        os.makedirs(os.path.join(partial, "images"))
+    multihost_utils.sync_global_devices("eval folder")
+
+    def save(i, restored):
+        if config.eval.save_images:
+            path = os.path.join(partial, "images", eval_data.names[i] + ".png")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            Image.fromarray(metrics_lib.to_uint8(restored)).save(path)
+
+    scores, names, _ = make_evaluator(config, mesh)(t_params, eval_data, on_item=save)
+    result = summarize(scores, names)
+    logging.info("Eval of step %d (%s profile, %d images): %s", step, profile, len(eval_data), json.dumps(result))
+    multihost_utils.sync_global_devices("eval images")
+    if is_main:
+        summary = {"step": step, "split": eval_data.split, "profile": profile,
+                   "crop_border": config.eval.crop_border, "images": len(eval_data),
+                   "config_hash": hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:12],
+                   "means": {k: result[k] for k in SCORES},
+                   "per_degradation": {n: {k: result.get(f"{k}/{n}", result[k]) for k in SCORES}
+                                       for n in dict.fromkeys(names)}}
+        write_report(partial, eval_data, scores, summary)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        with open(os.path.join(workdir, workdir_lib.EVAL_LOG), "a") as f:
+            f.write(json.dumps(eval_line(step, profile, result, mode="eval")) + "\n")
+        writer = writers.summary_writer(workdir)
+        writer.write_scalars(step, eval_scalars(profile, result))
+        writer.close()
+        logging.info("Wrote %s", final)
+    return result

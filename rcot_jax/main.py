@@ -243,7 +243,7 @@ def main(argv):
     cache = compilation_cache_dir(FLAGS.compilation_cache)
     if cache:
         jax.config.update("jax_compilation_cache_dir", cache)
-    from rcot_jax import train
+    from rcot_jax import evaluate, train
     from rcot_jax.checkpointing import CheckpointSaveError
     from rcot_jax.workdir import WorkdirLocked
     _maybe_initialize_distributed()
@@ -256,7 +256,7 @@ def main(argv):
         if FLAGS.mode == "train":
             train.train_and_evaluate(config, FLAGS.workdir)
         else:
-            train.evaluate_checkpoint(config, FLAGS.workdir)
+            evaluate.evaluate_checkpoint(config, FLAGS.workdir)
     except (ValueError, OSError, FloatingPointError, CheckpointSaveError, WorkdirLocked) as e:
         if FLAGS.traceback:
             raise

@@ -1,6 +1,6 @@
 """Prepare one of the paper's datasets from its authors' files:
 `python -m rcot_jax.prepare --dataset=gopro --manual_dir=DIR --data_dir=DIR`, then train on it with
-`--config.data.source=tfds --config.data.name=gopro --config.data.data_dir=DIR`. Layouts: README, "Data", and
+`--config.data.source=tfds --config.data.name=gopro --config.data.data_dir=DIR`. Layouts: docs/data.md, and
 `rcot_jax.data.builders.LAYOUTS`.
 """
 from absl import app, flags, logging

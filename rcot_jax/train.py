@@ -14,11 +14,9 @@ Workdir contents:
 Re-running with the same workdir resumes from the latest checkpoint; a finished run is not retrained.
 """
 import contextlib
-import hashlib
 import json
 import os
 import pathlib
-import shutil
 import signal
 import time
 
@@ -29,11 +27,10 @@ from absl import logging
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from rcot_jax import metrics as metrics_lib
 from rcot_jax import parallel
 from rcot_jax import workdir as workdir_lib
 from rcot_jax import writers
-from rcot_jax.evaluate import SCORES, evaluate, make_evaluator, sample_grid, summarize, write_report
+from rcot_jax.evaluate import eval_line, eval_scalars, evaluate, make_evaluator, sample_grid
 from rcot_jax.checkpointing import Checkpointer, abstract_like
 from rcot_jax.data import pipeline
 from rcot_jax.state import create_train_state, jit_init, seed_keys
@@ -123,12 +120,6 @@ def _check_fits(config, mesh):
     jax.eval_shape(lambda: create_train_state(config, seed_keys(config.seed)[0]))   # the model keys
 
 
-def _require_checkpoint(directory):
-    if not os.path.isdir(directory) or not any(name.isdigit() for name in os.listdir(directory)):
-        raise FileNotFoundError(f"no checkpoint to evaluate in {directory}: train first (the same command without "
-                                "--mode=eval)")
-
-
 def initial_state(config, sharding):
     """A run's step-0 state, from `config.seed`'s init key, created in place with `sharding` (on several
     processes a host value cannot be device_put globally)."""
@@ -164,70 +155,9 @@ def _setup(config, workdir, create=True, held=None, step=None):
     _check_fits(config, mesh)
     if held is not None and jax.process_index() == 0:
         held.enter_context(workdir_lib.locked(workdir))
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints, create=create)
+    ckpt = Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINTS), config.keep_checkpoints, create=create)
     state = _restore_or_init(config, ckpt, parallel.replicated(mesh), data_iter, step)
     return mesh, data_iter, eval_data, ckpt, state
-
-
-def _eval_line(step, profile, result, **extra):
-    """One line of eval.jsonl: the step, the metric profile and the scores (4 decimals)."""
-    return {"step": step, "profile": profile, **{k: round(v, 4) for k, v in result.items()}, **extra}
-
-
-def _eval_scalars(profile, result):
-    """TensorBoard's eval scalars, tagged with the metric profile: eval/<profile>/psnr, ..."""
-    return {f"eval/{profile}/{k}": v for k, v in result.items()}
-
-
-def _config_hash(config):
-    return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:12]
-
-
-def evaluate_checkpoint(config, workdir):
-    """The `--mode=eval` command: restores the held-out set with the latest checkpoint (or `config.eval.step`),
-    appends the result to eval.jsonl and TensorBoard, and writes `eval/<split>_<step>_<profile>/`: per_image.csv,
-    summary.json and (`config.eval.save_images`) the restored images as PNG. The folder appears complete or not
-    at all (written as `<split>_<step>_<profile>.partial`, then renamed); each metric profile keeps its own."""
-    workdir = os.path.abspath(workdir)
-    _require_checkpoint(os.path.join(workdir, "checkpoints"))
-    mesh, _, eval_data, ckpt, state = _setup(config, workdir, create=False, step=config.eval.step or None)
-    ckpt.close()
-    step, is_main = int(state.step), jax.process_index() == 0
-    profile = config.eval.metric_profile
-    final = os.path.join(workdir, "eval", f"{eval_data.split}_{step}_{profile}")
-    partial = final + ".partial"
-    if is_main:
-        shutil.rmtree(partial, ignore_errors=True)
-        os.makedirs(os.path.join(partial, "images"))
-    multihost_utils.sync_global_devices("eval folder")
-
-    def save(i, restored):
-        if config.eval.save_images:
-            path = os.path.join(partial, "images", eval_data.names[i] + ".png")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            Image.fromarray(metrics_lib.to_uint8(restored)).save(path)
-
-    scores, names, _ = make_evaluator(config, mesh)(state.t_params, eval_data, on_item=save)
-    result = summarize(scores, names)
-    logging.info("Eval of step %d (%s profile, %d images): %s", step, config.eval.metric_profile, len(eval_data),
-                 json.dumps(result))
-    multihost_utils.sync_global_devices("eval images")
-    if is_main:
-        summary = {"step": step, "split": eval_data.split, "profile": config.eval.metric_profile,
-                   "crop_border": config.eval.crop_border, "images": len(eval_data), "config_hash": _config_hash(config),
-                   "means": {k: result[k] for k in SCORES},
-                   "per_degradation": {n: {k: result.get(f"{k}/{n}", result[k]) for k in SCORES}
-                                       for n in dict.fromkeys(names)}}
-        write_report(partial, eval_data, scores, summary)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(partial, final)
-        with open(os.path.join(workdir, "eval.jsonl"), "a") as f:
-            f.write(json.dumps(_eval_line(step, profile, result, mode="eval")) + "\n")
-        writer = writers.summary_writer(workdir)
-        writer.write_scalars(step, _eval_scalars(profile, result))
-        writer.close()
-        logging.info("Wrote %s", final)
-    return result
 
 
 def train_and_evaluate(config, workdir):
@@ -247,10 +177,10 @@ def _train_and_evaluate(config, workdir, held):
     if is_main:
         workdir_lib.record_config(workdir, config, first_step)
         logging.info("Every key of this launch's config: %s", os.path.join(workdir, workdir_lib.CONFIG))
-    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-    eval_log = os.path.join(workdir, "eval.jsonl")
+    os.makedirs(os.path.join(workdir, workdir_lib.SAMPLES), exist_ok=True)
+    eval_log = os.path.join(workdir, workdir_lib.EVAL_LOG)
     if is_main:
-        for log in (eval_log, os.path.join(workdir, writers.METRICS_LOG)):
+        for log in (eval_log, os.path.join(workdir, workdir_lib.METRICS_LOG)):
             _truncate_log(log, first_step)
     if first_step >= config.num_train_steps:
         logging.info("Training is complete: step %d of %d in %s", first_step, config.num_train_steps, workdir)
@@ -284,14 +214,14 @@ def _train_and_evaluate(config, workdir, held):
                 writer.write_scalars(step, means)
             if do_eval:
                 result, rows = evaluate(evaluator, state.t_params, eval_data, config.num_sample_images)
-                writer.write_scalars(step, _eval_scalars(config.eval.metric_profile, result))
+                writer.write_scalars(step, eval_scalars(config.eval.metric_profile, result))
                 if is_main:     # the sample rows are process 0's
                     grid = sample_grid(rows, config.data.eval_size)
                     writer.write_images(step, {"samples": grid[None]})
-                    workdir_lib.write_atomic(os.path.join(workdir, "samples", f"step_{step:07d}.png"),
-                                  lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
+                    workdir_lib.write_atomic(workdir_lib.sample_path(workdir, step),
+                                             lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
                     with open(eval_log, "a") as f:
-                        f.write(json.dumps(_eval_line(step, config.eval.metric_profile, result)) + "\n")
+                        f.write(json.dumps(eval_line(step, config.eval.metric_profile, result)) + "\n")
                 logging.info("Eval at step %d: PSNR %.2f dB, SSIM %.4f (input: %.2f dB, %.4f)", step,
                              result["psnr"], result["ssim"], result["input_psnr"], result["input_ssim"])
             if do_save:

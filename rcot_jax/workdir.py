@@ -1,7 +1,16 @@
-"""The workdir's record of its launches: `config.json` (the latest launch's resolved config) and
-`config_history/<UTC time>-step<N>.json` (every launch's, N the step it started from), the config that
-`--mode=eval` evaluates a workdir with (its run's config, command-line overrides on top), and the lock that keeps
-a second run out of a workdir in use."""
+"""A run directory: the name of everything in it, and its record of its launches.
+
+  config.json             the latest launch's resolved config
+  config_history/         <UTC time>-step<N>.json: every launch's config, N the step it started from
+  checkpoints/<step>/     Orbax checkpoints (rcot_jax.checkpointing): `state` and the data iterator's `data`
+  eval.jsonl              one line per evaluation (step, split, profile, scores)
+  eval/<split>_<step>_<profile>/   `--mode=eval`'s per-image rows, summary and restored images
+  samples/step_<N>.png    restorations of the held-out crops at each evaluation
+  metrics.jsonl           training scalars, where TensorFlow (TensorBoard's writer) is not installed
+  run.lock                held while a run uses the directory
+
+It also holds the config that `--mode=eval` evaluates a workdir with (its run's config, command-line overrides on
+top), and the lock that keeps a second run out of a workdir in use."""
 import contextlib
 import datetime
 import json
@@ -16,6 +25,19 @@ import ml_collections
 CONFIG = "config.json"
 LOCK = "run.lock"
 HISTORY = "config_history"
+CHECKPOINTS = "checkpoints"
+EVAL_LOG = "eval.jsonl"
+METRICS_LOG = "metrics.jsonl"
+SAMPLES = "samples"
+
+
+def eval_dir(workdir, split, step, profile):
+    """Where `--mode=eval` writes the results of one split, step and metric profile."""
+    return os.path.join(workdir, "eval", f"{split}_{step}_{profile}")
+
+
+def sample_path(workdir, step):
+    return os.path.join(workdir, SAMPLES, f"step_{step:07d}.png")
 # Keys that decide the shapes of the checkpointed state: evaluating a run with other values cannot restore it.
 STATE_KEYS = ("model", "data.patch_size")
 

@@ -11,7 +11,8 @@ import time
 
 from absl import logging
 
-METRICS_LOG = "metrics.jsonl"
+from rcot_jax import workdir as workdir_lib
+
 
 
 def _clu_writers():
@@ -20,7 +21,7 @@ def _clu_writers():
         import tensorflow as tf
         from clu import metric_writers
     except ImportError as e:
-        logging.info("No TensorBoard event files (%s); scalars go to %s", e, METRICS_LOG)
+        logging.info("No TensorBoard event files (%s); scalars go to %s", e, workdir_lib.METRICS_LOG)
         return None
     try:    # TensorFlow would otherwise take the GPUs' memory from JAX (Colab's TensorFlow sees the GPU)
         tf.config.set_visible_devices([], "GPU")
@@ -33,7 +34,7 @@ class JsonlWriter:
     """The writer used without TensorFlow: scalars to the log and, unless `just_logging`, to WORKDIR/metrics.jsonl."""
 
     def __init__(self, workdir, just_logging=False):
-        self.path = None if just_logging else os.path.join(workdir, METRICS_LOG)
+        self.path = None if just_logging else os.path.join(workdir, workdir_lib.METRICS_LOG)
 
     def write_scalars(self, step, scalars):
         values = {k: float(v) for k, v in scalars.items()}

@@ -92,7 +92,7 @@ def test_accumulation_over_devices_float64(setup64):
 def test_accumulation_equals_one_step_float32():
     # The critic's Wasserstein gradient is a difference of two nearly equal terms at initialisation, so its
     # float32 rounding is ~1e-4 relative (F's optimiser state holds its square), and RMSprop's first, sign-like
-    # step carries that into F's parameters (~1e-5, as between 1 and 8 devices, see README). critic_loss is
+    # step carries that into F's parameters (~1e-5, as between 1 and 8 devices, see docs/training.md). critic_loss is
     # such a difference too (~3e-8), so only its absolute error is meaningful.
     with jax.enable_x64(False):
         state = init_state(_config(1), jax.random.key(1))

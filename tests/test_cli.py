@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rcot_jax import checkpointing, configs, train
+from rcot_jax import checkpointing, configs, evaluate, train
 from rcot_jax.configs import deblur
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -157,7 +157,7 @@ def test_a_batch_size_the_devices_do_not_divide_names_the_key(tmp_path):
 
 def test_eval_without_a_checkpoint_fails_without_creating_anything(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint to evaluate in .*checkpoints"):
-        train.evaluate_checkpoint(deblur.get_config("tiny"), str(tmp_path / "run"))
+        evaluate.evaluate_checkpoint(deblur.get_config("tiny"), str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run")
 
 

@@ -9,7 +9,6 @@ import textwrap
 
 import pytest
 
-pytestmark = pytest.mark.slow     # subprocesses
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 CORE = ["models", "losses", "optim", "state", "steps", "parallel"]
 SHELL = ["evaluate", "inference", "data.pipeline", "train"]
@@ -24,6 +23,7 @@ def _python(code, tmp_path):
     return run.stdout
 
 
+@pytest.mark.slow
 def test_importing_rcot_jax_does_not_import_tensorflow(tmp_path):
     out = _python(f"""
         import importlib, sys
@@ -34,6 +34,7 @@ def test_importing_rcot_jax_does_not_import_tensorflow(tmp_path):
     assert out.split() == [w for name in CORE + SHELL for w in (name, "False")], out
 
 
+@pytest.mark.slow
 def test_training_runs_without_tensorflow(tmp_path):
     workdir = tmp_path / "run"
     _python(f"""
@@ -42,13 +43,13 @@ def test_training_runs_without_tensorflow(tmp_path):
         import importlib
         for name in {CORE + SHELL!r}:
             importlib.import_module("rcot_jax." + name)
-        from rcot_jax import train
+        from rcot_jax import evaluate, train
         from rcot_jax.configs import denoise
         config = denoise.get_config("tiny")
         config.model.backbone = "mprnet"     # compiles in half the time of the tiny Restormer, same loop
         state = train.train_and_evaluate(config, {str(workdir)!r})
         assert int(state.step) == 3
-        train.evaluate_checkpoint(config, {str(workdir)!r})      # --mode=eval
+        evaluate.evaluate_checkpoint(config, {str(workdir)!r})      # --mode=eval
         assert "clu.metric_writers" not in sys.modules and "tensorflow_datasets" not in sys.modules
     """, tmp_path)
 
@@ -66,10 +67,10 @@ def test_training_runs_without_tensorflow(tmp_path):
 
 
 def test_progress_is_reported_every_interval_and_at_the_last_step(tmp_path):
-    from rcot_jax import writers
+    from rcot_jax import workdir, writers
     writer = writers.JsonlWriter(str(tmp_path))
     report = writers.ReportProgress(num_train_steps=10, writer=writer, every_secs=60)
     for step, t in [(1, 0.0), (2, 30.0), (4, 61.0), (5, 62.0), (10, 63.0)]:
         report(step, t)
-    lines = [json.loads(line) for line in open(tmp_path / writers.METRICS_LOG)]
+    lines = [json.loads(line) for line in open(tmp_path / workdir.METRICS_LOG)]
     assert [(line["step"], round(line["steps_per_sec"], 3)) for line in lines] == [(4, round(3 / 61, 3)), (10, 3.0)]

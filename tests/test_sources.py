@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rcot_jax import train
+from rcot_jax import evaluate, train
 from rcot_jax.configs import allinone, deblur, dehaze, denoise, derain, lowlight, sr
 from rcot_jax.data import builders, pipeline, sources
 
@@ -312,7 +312,7 @@ def test_training_and_evaluation_from_every_prepared_dataset(prepared, tmp_path)
     assert line["input_psnr"] < 25 and np.isfinite(line["psnr"])                  # sigma 25 on whole images
     for eval_name in ("cbsd68", "sots_outdoor"):      # the test-only sets, evaluated from the trained run
         c.data.eval_name = eval_name
-        result = train.evaluate_checkpoint(c, str(tmp_path / "clean"))
+        result = evaluate.evaluate_checkpoint(c, str(tmp_path / "clean"))
         assert np.isfinite(result["psnr"]) and os.path.isdir(tmp_path / "clean" / "eval" / "test_2_rgb")
 
 
@@ -341,11 +341,11 @@ def test_eval_command_writes_per_image_rows_a_summary_and_images(tmp_path):
     train.train_and_evaluate(c, str(tmp_path / "run"))
     c.eval.metric_profile, c.eval.step = "y", 1
     with pytest.raises(FileNotFoundError, match=r"config.eval.step=1: no checkpoint 1 .* \[2\]"):
-        train.evaluate_checkpoint(c, str(tmp_path / "run"))
+        evaluate.evaluate_checkpoint(c, str(tmp_path / "run"))
     c.eval.step = 2
-    result = train.evaluate_checkpoint(c, str(tmp_path / "run"))
+    result = evaluate.evaluate_checkpoint(c, str(tmp_path / "run"))
     c.eval.metric_profile = "nafnet"
-    other = train.evaluate_checkpoint(c, str(tmp_path / "run"))      # a second profile of the same step
+    other = evaluate.evaluate_checkpoint(c, str(tmp_path / "run"))      # a second profile of the same step
     assert sorted(os.listdir(tmp_path / "run" / "eval")) == ["test_2_nafnet", "test_2_y"]
     lines = [json.loads(line) for line in open(tmp_path / "run" / "eval.jsonl")]
     assert [(line["step"], line["profile"], line.get("mode")) for line in lines] == [

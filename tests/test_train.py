@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from rcot_jax.configs import allinone, deblur, dehaze, denoise, derain, lowlight, sr
-from rcot_jax import train, writers
+from rcot_jax import evaluate, train, writers
 from rcot_jax import workdir as workdir_lib
 from rcot_jax.checkpointing import Checkpointer
 from rcot_jax.data import pipeline
@@ -66,7 +66,7 @@ def test_finished_run_is_not_retrained_eval_mode_reproduces_and_a_nan_keeps_the_
     state = train.train_and_evaluate(config, str(tmp_path))
     assert int(state.step) == 3 and "Training is complete: step 3 of 3" in caplog.text
     (line,) = _eval_lines(tmp_path)
-    result = train.evaluate_checkpoint(config, str(tmp_path))        # --mode=eval reproduces the last eval
+    result = evaluate.evaluate_checkpoint(config, str(tmp_path))        # --mode=eval reproduces the last eval
     assert result["psnr"] == pytest.approx(line["psnr"], abs=1e-3)
 
     # A map learning rate beyond float32 makes T's parameters non-finite at step 4.

@@ -7,10 +7,11 @@ fine-tunes it, and `config.init_from=<workdir>` starts another run from its para
 import os
 
 import jax
-import orbax.checkpoint as ocp
 from absl import logging
 
 from rcot_jax import models, paths
+from rcot_jax import workdir as workdir_lib
+from rcot_jax.checkpointing import restore_params
 from rcot_jax.state import create_train_state, jit_init, seed_keys
 from rcot_jax.weights import files, mapping
 from rcot_jax.weights.torch_format import WeightsError
@@ -51,8 +52,8 @@ def checkpoint_dir(path):
     path = os.path.abspath(paths.expand(path))
     if os.path.isdir(os.path.join(path, "state")):
         return path
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        path = os.path.join(path, "checkpoints")
+    if os.path.isdir(os.path.join(path, workdir_lib.CHECKPOINTS)):
+        path = os.path.join(path, workdir_lib.CHECKPOINTS)
     step_dirs = [d for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
     if not step_dirs:
         raise FileNotFoundError(f"config.init_from={path}: no Orbax checkpoint (a workdir, its checkpoints/ "
@@ -89,10 +90,7 @@ def init_from(path, state, config=None):
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)
                                                            or default), target)
     try:
-        with ocp.PyTreeCheckpointer() as ckpt:
-            restored = ckpt.restore(os.path.join(directory, "state"), args=ocp.args.PyTreeRestore(
-                item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-                partial_restore=True))
+        restored = restore_params(directory, abstract)
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"config.init_from={path}: its parameters do not fit this config's networks: {e}") from e
     logging.info("Initialised T and F from %s", directory)

@@ -1,6 +1,6 @@
 """The paper's datasets as TFDS datasets: one generic builder, one layout spec per dataset.
 
-None of these datasets is in the TFDS catalogue; their authors distribute them by hand (README, "Data"). A user
+None of these datasets is in the TFDS catalogue; their authors distribute them by hand (docs/data.md). A user
 downloads one, points `--manual_dir` at it and runs `python -m rcot_jax.prepare --dataset=NAME --manual_dir=DIR
 --data_dir=DIR`. The builder `rcot_images` has one config per dataset (`rcot_images/gopro`, ...). Records hold the
 images encoded as given (PNG/JPEG bytes; DIV2K's low-resolution inputs are bicubic-upsampled to the target size,
@@ -41,12 +41,12 @@ class Layout:
     degradation: str | None      # the degradation the pairs show; None: clean images, degraded on the fly
     splits: dict
     homepage: str
-    layout: str                  # the folders a user arranges, for the README and the error messages
+    layout: str                  # the folders a user arranges, for docs/data.md and the error messages
     scale: int = 1               # degraded images are this much smaller than their targets (upsampled here)
     # Other layouts the dataset is distributed in: split -> [(folder, degraded template, target template)], tried
     # after `splits`' when it finds no pair (the authors' archives, the official code's, PromptIR's).
     alternatives: dict = dataclasses.field(default_factory=dict)
-    others: str = ""             # those layouts, for the README and the error messages
+    others: str = ""             # those layouts, for docs/data.md and the error messages
 
 
 _RAIN_SPLITS = {split: (split, "rainy/rain-{id}", "norain/norain-{id}") for split in ("train", "test")}
@@ -156,7 +156,7 @@ def _builder_class():
         VERSION = tfds.core.Version(VERSION)
         BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=n, description=f"{l.homepage}; layout: {l.layout}")
                            for n, l in LAYOUTS.items()]
-        MANUAL_DOWNLOAD_INSTRUCTIONS = "Download the dataset from its authors (rcot_jax README, 'Data')."
+        MANUAL_DOWNLOAD_INSTRUCTIONS = "Download the dataset from its authors (rcot_jax docs/data.md)."
         code_path = None    # no checksums file (nothing is downloaded); also spares tfds its package-path lookup
 
         def __init__(self, *, bad_files="error", file_list="", **kwargs):
