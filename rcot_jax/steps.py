@@ -1,6 +1,7 @@
 """The RCOT train step, written once per device in the pmap style (`axis_name`; None = one device).
 
-One step = `n_critic` critic iterations, then one update of the map T:
+One step (`train_step`) = `n_critic` critic iterations (`critic_update`), then one update of the map T
+(`map_update`):
   critic (official scheme): a Wasserstein update on mean F(T(x)) - mean F(y) with T fixed, then a
   gradient-penalty update computed with the already-updated critic (`critic.gp_update='joint'`: one update
   on their sum); map: an update on -mean F(T(x)) + lambda_F (RMSE + Fourier term) + lambda_pair * paired L1.
@@ -55,59 +56,51 @@ def _accumulate(fn, data, k):
     return jax.tree.map(lambda t, s: t.astype(s.dtype), total, shapes)
 
 
-def train_step(state: RCOTState, batch, rng, config, axis_name=None):
-    """One RCOT step on this device's slice of the batch. `rng` may be the same key every step: it is
-    folded with `state.step`. Returns (new state, metrics), metrics being global over `axis_name`.
+def _value_and_grad(loss_fn, params, data, k):
+    """((loss, logged), grads) of loss_fn(params, data), summed over k micro-batches."""
+    vg = lambda d: jax.value_and_grad(loss_fn, has_aux=True)(params, d)  # noqa: E731
+    return vg(data) if k == 1 else _accumulate(vg, data, k)
 
-    `config.optim.accumulate_steps` = k > 1 splits the slice into k micro-batches: every optimiser step sums
-    their gradients (shares, see losses.py), so it is the same update in less memory.
-    """
-    t_model, f_model = models.build_models(config)
-    t_opt, f_opt = optim.make_optimizers(config)
-    lc = config.loss
+
+def _micro(config, batch_size):
+    """`losses.MicroBatches` for `config.optim.accumulate_steps` (None: one batch), checked to divide the slice."""
     k = config.optim.accumulate_steps
-    x, y = batch["degraded"], batch["target"]
-    if k < 1 or x.shape[0] % k:
-        raise ValueError(f"config.optim.accumulate_steps={k} does not divide the {x.shape[0]} samples per "
+    if k < 1 or batch_size % k:
+        raise ValueError(f"config.optim.accumulate_steps={k} does not divide the {batch_size} samples per "
                          f"device (config.data.batch_size / devices) into equal micro-batches")
-    micro = None if k == 1 else losses.MicroBatches(k)
-    paired = batch["paired"].astype(bool)
-    if lc.fourier_p not in FOURIER_EXPONENTS:
-        raise ValueError(f"config.loss.fourier_p={lc.fourier_p!r}, expected one of {FOURIER_EXPONENTS}")
-    p = fourier_exponent(batch["de_id"]) if not lc.fourier_p else jnp.full(x.shape[:1], lc.fourier_p, jnp.int32)
-    rng = jax.random.fold_in(rng, state.step)
+    return None if k == 1 else losses.MicroBatches(k)
 
-    def potential(f_params):
-        return lambda images: f_model.apply(f_params, images)
 
-    def value_and_grad(loss_fn, params, data):
-        """((loss, logged), grads) of loss_fn(params, data), summed over the micro-batches."""
-        vg = lambda d: jax.value_and_grad(loss_fn, has_aux=True)(params, d)  # noqa: E731
-        return vg(data) if k == 1 else _accumulate(vg, data, k)
+def critic_update(state: RCOTState, restored, target, rng, config, axis_name=None):
+    """The critic's part of a step: `config.critic.n_critic` iterations on F with T held fixed, given T's
+    restorations `restored` of this device's slice and their `target`s. Each iteration is the official scheme, a
+    Wasserstein update on mean F(T(x)) - mean F(y) then a gradient-penalty update computed with the
+    already-updated critic (`critic.gp_update='joint'`: one update on their sum). `rng` is the step's key.
+    Returns (F's parameters, F's optimiser state, {"critic_loss", "gradient_penalty"} of the last iteration)."""
+    _, f_model = models.build_models(config)
+    _, f_opt = optim.make_optimizers(config)
+    k, micro = config.optim.accumulate_steps, _micro(config, restored.shape[0])
+    lc = config.loss
 
     def f_update(f_params, f_opt_state, loss_fn, data):
         """One critic optimiser step on loss_fn(f_params, data) -> (loss, logged values)."""
-        (_, logged), grads = value_and_grad(loss_fn, f_params, data)
+        (_, logged), grads = _value_and_grad(loss_fn, f_params, data, k)
         updates, f_opt_state = f_opt.update(_psum(grads, axis_name), f_opt_state, f_params)
         return optax.apply_updates(f_params, updates), f_opt_state, logged
 
-    # Critic: T is held fixed, so T(x) is computed once (a micro-batch at a time).
-    def t_forward(images):
-        return lax.stop_gradient(t_model.apply(state.t_params, images))
-
-    restored = t_forward(x) if k == 1 else lax.map(t_forward, _split(x, k)).reshape(x.shape)
     f_params, f_opt_state = state.f_params, state.f_opt_state
     critic = gp = jnp.zeros((), jnp.float32)
     for i in range(config.critic.n_critic if config.critic.enabled else 0):
-        alpha = _per_sample_uniform(jax.random.fold_in(rng, i), x.shape[0], axis_name)
-        data = {"restored": restored, "target": y, "alpha": alpha}
+        alpha = _per_sample_uniform(jax.random.fold_in(rng, i), restored.shape[0], axis_name)
+        data = {"restored": restored, "target": target, "alpha": alpha}
 
         def w_loss(fp, d):
-            return losses.critic_loss(potential(fp), d["restored"], d["target"], axis_name, micro)
+            return losses.critic_loss(lambda images: f_model.apply(fp, images), d["restored"], d["target"],
+                                      axis_name, micro)
 
         def gp_loss(fp, d):
-            return losses.gradient_penalty(potential(fp), d["restored"], d["target"], d["alpha"], lc.lambda_gp,
-                                           axis_name, micro)
+            return losses.gradient_penalty(lambda images: f_model.apply(fp, images), d["restored"], d["target"],
+                                           d["alpha"], lc.lambda_gp, axis_name, micro)
 
         if config.critic.gp_update == "separate":
             f_params, f_opt_state, critic = f_update(f_params, f_opt_state, lambda fp, d: (w_loss(fp, d),) * 2, data)
@@ -117,13 +110,26 @@ def train_step(state: RCOTState, batch, rng, config, axis_name=None):
                 w, g = w_loss(fp, d), gp_loss(fp, d)
                 return w + g, (w, g)
             f_params, f_opt_state, (critic, gp) = f_update(f_params, f_opt_state, joint, data)
+    return f_params, f_opt_state, {"critic_loss": critic, "gradient_penalty": gp}
 
-    # Map: the updated critic is held fixed (only T's parameters are differentiated). The RMSE needs the
-    # whole slice's sum of squared residuals before any micro-batch's gradient; T(x) above gives it.
+
+def map_update(state: RCOTState, f_params, batch, restored, config, axis_name=None):
+    """The map's part of a step: one update of T on -mean F(T(x)) + lambda_F (RMSE + Fourier term) + lambda_pair *
+    paired L1, with the (updated) critic `f_params` held fixed; only T's parameters are differentiated.
+    `restored` is T(x) before the update (its residuals give the whole slice's RMSE before any micro-batch's
+    gradient). Returns (T's parameters, T's optimiser state, the transport loss and its terms)."""
+    t_model, f_model = models.build_models(config)
+    t_opt, _ = optim.make_optimizers(config)
+    lc = config.loss
+    x, y = batch["degraded"], batch["target"]
+    k, micro = config.optim.accumulate_steps, _micro(config, x.shape[0])
+    paired = batch["paired"].astype(bool)
+    if lc.fourier_p not in FOURIER_EXPONENTS:
+        raise ValueError(f"config.loss.fourier_p={lc.fourier_p!r}, expected one of {FOURIER_EXPONENTS}")
+    p = fourier_exponent(batch["de_id"]) if not lc.fourier_p else jnp.full(x.shape[:1], lc.fourier_p, jnp.int32)
     if k > 1:
         micro = micro._replace(residual_ss=jnp.sum((x - restored) ** 2), n_paired=jnp.sum(paired.astype(jnp.float32)))
-
-    f_potential = potential(f_params) if config.critic.enabled else None
+    f_potential = (lambda images: f_model.apply(f_params, images)) if config.critic.enabled else None
 
     def t_loss(t_params, d):
         out = t_model.apply(t_params, d["degraded"])
@@ -135,14 +141,36 @@ def train_step(state: RCOTState, batch, rng, config, axis_name=None):
         return loss, terms
 
     data = {"degraded": x, "target": y, "paired": paired, "p": p}
-    (t_value, terms), t_grads = value_and_grad(t_loss, state.t_params, data)
+    (t_value, terms), t_grads = _value_and_grad(t_loss, state.t_params, data, k)
     updates, t_opt_state = t_opt.update(_psum(t_grads, axis_name), state.t_opt_state, state.t_params)
-    t_params = optax.apply_updates(state.t_params, updates)
+    return optax.apply_updates(state.t_params, updates), t_opt_state, {"transport_loss": t_value, **terms}
 
+
+def train_step(state: RCOTState, batch, rng, config, axis_name=None):
+    """One RCOT step on this device's slice of the batch: `critic_update`, then `map_update`. `rng` may be the
+    same key every step: it is folded with `state.step`. Returns (new state, metrics), metrics being global over
+    `axis_name`.
+
+    `config.optim.accumulate_steps` = k > 1 splits the slice into k micro-batches: every optimiser step sums
+    their gradients (shares, see losses.py), so it is the same update in less memory.
+    """
+    t_model, _ = models.build_models(config)
+    k = config.optim.accumulate_steps
+    x = batch["degraded"]
+    _micro(config, x.shape[0])
+    rng = jax.random.fold_in(rng, state.step)
+
+    def t_forward(images):     # T is held fixed for the critic, so T(x) is computed once (a micro-batch at a time)
+        return lax.stop_gradient(t_model.apply(state.t_params, images))
+
+    restored = t_forward(x) if k == 1 else lax.map(t_forward, _split(x, k)).reshape(x.shape)
+    f_params, f_opt_state, critic = critic_update(state, restored, batch["target"], rng, config, axis_name)
+    t_params, t_opt_state, terms = map_update(state, f_params, batch, restored, config, axis_name)
     metrics = {
-        "critic_loss": critic, "gradient_penalty": gp, "wasserstein": -critic,
-        "transport_loss": t_value, "cost": terms["cost"], "fourier": terms["fourier"], "rmse": terms["rmse"],
-        "paired_l1": terms["paired_l1"], "l1": terms["l1"], "psnr": terms["psnr"],
+        "critic_loss": critic["critic_loss"], "gradient_penalty": critic["gradient_penalty"],
+        "wasserstein": -critic["critic_loss"], "transport_loss": terms["transport_loss"], "cost": terms["cost"],
+        "fourier": terms["fourier"], "rmse": terms["rmse"], "paired_l1": terms["paired_l1"], "l1": terms["l1"],
+        "psnr": terms["psnr"],
     }
     new_state = RCOTState(step=state.step + 1, t_params=t_params, f_params=f_params,
                           t_opt_state=t_opt_state, f_opt_state=f_opt_state)
