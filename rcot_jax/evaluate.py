@@ -143,11 +143,13 @@ def eval_scalars(profile, result):
 def _read_map(config, directory, mesh):
     """(step, T's parameters) of the checkpoint `--mode=eval` evaluates: `config.eval.step`, else the newest one
     that reads (an unreadable newer one is reported, as training does, and left in place)."""
-    ckpt = Checkpointer(directory, keep=None, create=False)
-    try:
-        steps = sorted(ckpt.manager.all_steps(), reverse=True)
-    finally:
-        ckpt.close()
+    steps = []
+    if os.path.isdir(directory):
+        ckpt = Checkpointer(directory, keep=None, create=False)
+        try:
+            steps = sorted(ckpt.manager.all_steps(), reverse=True)
+        finally:
+            ckpt.close()
     if not steps:
         raise FileNotFoundError(f"no checkpoint to evaluate in {directory}: train first (the same command without "
                                 "--mode=eval)")
@@ -176,12 +178,8 @@ def evaluate_checkpoint(config, workdir):
     the checkpoint (no optimiser or critic state, no training data). The folder appears complete or not at all
     (written as `<split>_<step>_<profile>.partial`, then renamed); each metric profile keeps its own."""
     workdir = os.path.abspath(workdir)
-    directory = os.path.join(workdir, workdir_lib.CHECKPOINTS)
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"no checkpoint to evaluate in {directory}: train first (the same command without "
-                                "--mode=eval)")
     mesh = parallel.make_mesh()
-    step, t_params = _read_map(config, directory, mesh)
+    step, t_params = _read_map(config, os.path.join(workdir, workdir_lib.CHECKPOINTS), mesh)
     eval_data = pipeline.EvalSet(config)
     is_main = jax.process_index() == 0
     profile = config.eval.metric_profile
