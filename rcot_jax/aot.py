@@ -5,12 +5,11 @@ libtpu (`pip install -e ".[tpu-aot]"`) compiles for a topology it is given by na
 chips. The program is `parallel.jit_train_step`'s, the one `parallel.compile_train_step` runs for users: the
 mesh spans every chip of every host, the state is replicated and the global batch is split along `data` as
 `train.py` feeds it (each host its share). Convolutions follow `config.model.conv_impl` resolved for TPU ('auto':
-XLA's own). Memory is XLA's buffer assignment per chip; step time needs the chips, so docs/performance.md turns FLOPs and
-bytes into lower bounds with published peaks.
+XLA's own). Memory is XLA's buffer assignment per chip; step time needs the chips, so docs/performance.md turns FLOPs
+and bytes into lower bounds with published peaks.
 
 Sizes are in GiB (2**30 bytes), as HBM capacities are quoted.
 """
-import hashlib
 import importlib.util
 import json
 import os
@@ -22,6 +21,7 @@ from absl import logging
 
 import rcot_jax
 from rcot_jax import models, parallel, steps
+from rcot_jax import workdir as workdir_lib
 from rcot_jax.checkpointing import abstract_like
 from rcot_jax.state import create_train_state
 
@@ -141,8 +141,7 @@ def max_per_chip_batch(fits, start, limit=1024):
 
 def config_hash(config):
     """What identifies the compiled step apart from the batch: the config without `data.batch_size`."""
-    config = steps.with_values(config, {"data.batch_size": 0})
-    return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:12]
+    return workdir_lib.config_hash(steps.with_values(config, {"data.batch_size": 0}))
 
 
 def read_records(path):

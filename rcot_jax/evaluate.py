@@ -5,7 +5,6 @@ it and cropped back (`rcot_jax.inference`), `eval_batch_size` at a time rounded 
 several processes each process decodes only its share of each batch and scores it; the scores are gathered, so
 the result equals one process's. Memory holds one batch, whatever the size of the split.
 """
-import hashlib
 import json
 import os
 import shutil
@@ -203,7 +202,7 @@ def evaluate_checkpoint(config, workdir):
     if is_main:
         summary = {"step": step, "split": eval_data.split, "profile": profile,
                    "crop_border": config.eval.crop_border, "images": len(eval_data),
-                   "config_hash": hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:12],
+                   "config_hash": workdir_lib.config_hash(config),
                    "means": {k: result[k] for k in SCORES},
                    "per_degradation": {n: {k: result.get(f"{k}/{n}", result[k]) for k in SCORES}
                                        for n in dict.fromkeys(names)}}

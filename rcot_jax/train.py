@@ -126,37 +126,31 @@ def initial_state(config, sharding):
     return jit_init(lambda: create_train_state(config, seed_keys(config.seed)[0]), out_shardings=sharding)()
 
 
-def _restore_or_init(config, ckpt, sharding, data_iter, step=None):
+def _restore_or_init(config, ckpt, sharding, data_iter):
     latest = ckpt.latest_step()
     if latest is None:
         logging.info("Initialising the train state (compiling its initialiser) ...")
         state = initial_state(config, sharding)
         return weights_checkpoints.init_from(config.init_from, state, config) if config.init_from else state
     abstract = abstract_like(jax.eval_shape(lambda: create_train_state(config, seed_keys(config.seed)[0])), sharding)
-    if step is not None:
-        if step not in ckpt.manager.all_steps():
-            raise FileNotFoundError(f"config.eval.step={step}: no checkpoint {step} in {ckpt.directory} (it has "
-                                    f"{sorted(ckpt.manager.all_steps())})")
-        return ckpt.restore(step, abstract, data_iter)
     step, state = ckpt.restore_latest(abstract, data_iter)
     logging.info("Resumed from %s/%d", ckpt.directory, step)
     return state
 
 
-def _setup(config, workdir, create=True, held=None, step=None):
+def _setup(config, workdir, held):
     """Mesh, images, the process's data iterator, the held-out set, the checkpointer and the state. The config
-    and the data are checked before anything is written (`create=False`: nothing is); then the workdir's lock
-    is taken into `held` (an ExitStack), if given."""
-    if create:
-        workdir_lib.check_relaunch(config, workdir)
+    and the data are checked before anything is written; then the workdir's lock is taken into `held` (an
+    ExitStack)."""
+    workdir_lib.check_relaunch(config, workdir)
     mesh = parallel.make_mesh()
     data_iter = iter(pipeline.train_dataset(config, None, jax.process_index(), jax.process_count()))
     eval_data = pipeline.EvalSet(config)
     _check_fits(config, mesh)
-    if held is not None and jax.process_index() == 0:
+    if jax.process_index() == 0:
         held.enter_context(workdir_lib.locked(workdir))
-    ckpt = Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINTS), config.keep_checkpoints, create=create)
-    state = _restore_or_init(config, ckpt, parallel.replicated(mesh), data_iter, step)
+    ckpt = Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINTS), config.keep_checkpoints)
+    state = _restore_or_init(config, ckpt, parallel.replicated(mesh), data_iter)
     return mesh, data_iter, eval_data, ckpt, state
 
 
@@ -171,7 +165,7 @@ def train_and_evaluate(config, workdir):
 
 def _train_and_evaluate(config, workdir, held):
     is_main = jax.process_index() == 0
-    mesh, data_iter, eval_data, ckpt, state = _setup(config, workdir, held=held)
+    mesh, data_iter, eval_data, ckpt, state = _setup(config, workdir, held)
     step_rng = jax.jit(lambda: seed_keys(config.seed)[1], out_shardings=parallel.replicated(mesh))()
     first_step = int(state.step)
     if is_main:

@@ -13,6 +13,7 @@ It also holds the config that `--mode=eval` evaluates a workdir with (its run's 
 top), and the lock that keeps a second run out of a workdir in use."""
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import pathlib
@@ -40,6 +41,11 @@ def sample_path(workdir, step):
     return os.path.join(workdir, SAMPLES, f"step_{step:07d}.png")
 # Keys that decide the shapes of the checkpointed state: evaluating a run with other values cannot restore it.
 STATE_KEYS = ("model", "data.patch_size")
+
+
+def config_hash(config):
+    """12 hex digits that identify a config (sha256 of its sorted JSON)."""
+    return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:12]
 
 
 def write_atomic(path, write):

@@ -3,7 +3,6 @@ import json
 import os
 
 import jax
-import numpy as np
 import pytest
 
 from rcot_jax import evaluate, parallel
@@ -48,6 +47,5 @@ def test_eval_mode_needs_no_optimiser_or_critic_state(tmp_path, caplog):
     with pytest.raises(FileNotFoundError, match="no checkpoint to evaluate"):
         evaluate.evaluate_checkpoint(config, str(tmp_path / "empty"))
     assert not os.path.exists(tmp_path / "empty")
-    np.testing.assert_array_equal(sorted(os.listdir(tmp_path)), ["checkpoints", "eval", "eval.jsonl"] +
-                                  sorted(n for n in os.listdir(tmp_path) if n.startswith("events.")
-                                         or n == "metrics.jsonl"))
+    left = {n for n in os.listdir(tmp_path) if not n.startswith("events.")}     # TensorBoard's, where TF is installed
+    assert left <= {"checkpoints", "eval", "eval.jsonl", "metrics.jsonl"}, left

@@ -31,10 +31,10 @@ FLAGS = ["--config=configs/denoise.py:tiny", "--config.model.backbone=mprnet", "
 TIMEOUT = 600
 # Largest difference allowed per leaf, relative to its largest value. Gloo sums the devices' gradients in another
 # order than one process does: float32 rounding, which RMSprop's first, sign-like steps amplify in the critic's
-# near-cancelling gradients (docs/training.md): the critic loss (about 1e-7 against potentials of order 1) already differs by
-# 1% at step 2. Measured (embedded photographs as uint8 records): T 7e-6; T's optimiser state 2.2e-4 (the second
-# moments of the channel-attention squeeze convolutions); F 1e-2; F's optimiser state 0.5 (the second moments of
-# near-zero critic gradients). T, which the paired term drives, is the sharp check of "same batches, same update".
+# near-cancelling gradients (docs/training.md): the critic loss (about 1e-7 against potentials of order 1) already
+# differs by 1% at step 2. Measured (embedded photographs as uint8 records): T 7e-6; T's optimiser state 2.2e-4 (the
+# second moments of the channel-attention squeeze convolutions); F 1e-2; F's optimiser state 0.5 (the second moments
+# of near-zero critic gradients). T, which the paired term drives, is the sharp check of "same batches, same update".
 _TOLERANCES = {".step": 0, ".t_params": 1e-5, ".t_opt_state": 1e-3, ".f_params": 3e-2, ".f_opt_state": 1.0}
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from rcot_jax import ablate, parallel, train
 from rcot_jax.configs import default
 from rcot_jax.state import create_train_state, seed_keys
+from rcot_jax.weights import checkpoints
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SEED = 7
@@ -43,7 +44,9 @@ def test_one_seed_gives_the_same_initial_networks_on_every_path():
     rcot = ablate.variant_config(config, next(v for v in ablate.GRIDS["paper"] if v.name == "rcot"))
     ablation, ablation_step_key, _, take = ablate.start_group([rcot], {})
     init_key, step_key = seed_keys(SEED)
-    for other in (readme, notebook, take(ablation, 0)):
+    # `convert` of a checkpoint without a critic: the critic a run of this seed starts with
+    converted = checkpoints.state_from_params(config, main.t_params["params"])
+    for other in (readme, notebook, take(ablation, 0), converted):
         for a, b in zip(jax.tree.leaves((main.t_params, main.f_params)), jax.tree.leaves((other.t_params,
                                                                                           other.f_params))):
             np.testing.assert_array_equal(a, b)
