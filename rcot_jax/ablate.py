@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from rcot_jax import app as rcot_app
 from rcot_jax import parallel, paths, steps
@@ -345,19 +344,18 @@ def write_results(results, workdir):
 
 
 def _define_flags():
-    config_flags.DEFINE_config_file("config", None, "Base config (configs/<task>.py[:variant]).", lock_config=True)
+    rcot_app.define_config("Base config (configs/<task>.py[:variant]).")
     flags.DEFINE_string("grid", "paper", f"Variants to train: one of {sorted(GRIDS)}, or 'sweep' (config.sweep).")
     paths.DEFINE_path("workdir", None, "Where results.md, results.json and psnr_curves.png go.")
     flags.DEFINE_list("seeds", ["0", "1"], "Seeds every variant is trained with (--grid=sweep: config.sweep.seeds "
                       "when set).")
     flags.DEFINE_boolean("vmap", True, "Train variants that differ only in scalars and seeds together, in one vmapped "
                          "step; --novmap: one run at a time (faster on a CPU: `benchmark --mode=sweep`).")
+    rcot_app.define_jax_flags()    # one process: the variants train on one device
     flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
     config = f.config
     seeds = None
@@ -374,5 +372,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    _define_flags()
-    rcot_app.run(main, "rcot_jax.ablate")
+    rcot_app.run(main, "rcot_jax.ablate", _define_flags)

@@ -23,30 +23,37 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from rcot_jax import app as rcot_app
 from rcot_jax import configs, models, parallel, paths, steps
 from rcot_jax.state import create_train_state, init_state, jit_init, seed_keys
 
-config_flags.DEFINE_config_file("config", configs.resolve_path("configs/benchmark.py:b"),
-                                "Config to benchmark (configs/benchmark.py:a|b|c[:bf16]).", lock_config=True)
-flags.DEFINE_enum("mode", "train", ["train", "restore", "input", "sweep", "aot"], "train: the RCOT train step; "
-                  "restore: T's forward; input: the input pipeline on the config's data source (no device work); "
-                  "sweep: --variants runs in one vmapped step (rcot_jax.ablate) against as many single steps, on one "
-                  "device; aot: the train step compiled for the TPU slice --topology on this host (no TPU needed).")
-flags.DEFINE_integer("variants", 4, "--mode=sweep: variants in the vmapped step (cond_scale 0 .. 1, seeds 0 ..).")
-flags.DEFINE_integer("steps", 10, "Timed calls after the warm-up call.")
-flags.DEFINE_integer("devices", 0, "Local devices in the mesh (0: all).")
-flags.DEFINE_string("topology", "v5e:2x2", "--mode=aot: the TPU slice, as libtpu names it (v4:2x2x1, v5e:2x2, "
-                    "v5e:4x4, v5p:2x2x1, v6e:2x2, ...).")
-flags.DEFINE_integer("per_chip_batch", 0, "--mode=aot: samples per chip (0: config.data.batch_size on each chip).")
-flags.DEFINE_boolean("find_max_batch", False, "--mode=aot: also find the largest per-chip batch that fits (doubling, "
-                     "then bisection; one compilation each).")
-paths.DEFINE_path("records", "", "--mode=aot: a JSON-lines file that every compilation's record is appended to, "
-                    "and whose records of the same config, topology and batch are reused instead of compiling again.")
 FLAGS = flags.FLAGS
+
+
+def _define_flags():
+    rcot_app.define_config("Config to benchmark (configs/benchmark.py:a|b|c[:bf16]).",
+                           configs.resolve_path("configs/benchmark.py:b"))
+    flags.DEFINE_enum("mode", "train", ["train", "restore", "input", "sweep", "aot"], "train: the RCOT train step; "
+                      "restore: T's forward; input: the input pipeline on the config's data source (no device "
+                      "work); sweep: --variants runs in one vmapped step (rcot_jax.ablate) against as many single "
+                      "steps, on one device; aot: the train step compiled for the TPU slice --topology on this host "
+                      "(no TPU needed).")
+    flags.DEFINE_integer("variants", 4, "--mode=sweep: variants in the vmapped step (cond_scale 0 .. 1, seeds 0 ..).")
+    flags.DEFINE_integer("steps", 10, "Timed calls after the warm-up call.")
+    flags.DEFINE_integer("devices", 0, "Local devices in the mesh (0: all).")
+    flags.DEFINE_string("topology", "v5e:2x2", "--mode=aot: the TPU slice, as libtpu names it (v4:2x2x1, v5e:2x2, "
+                        "v5e:4x4, v5p:2x2x1, v6e:2x2, ...).")
+    flags.DEFINE_integer("per_chip_batch", 0, "--mode=aot: samples per chip (0: config.data.batch_size on each "
+                         "chip).")
+    flags.DEFINE_boolean("find_max_batch", False, "--mode=aot: also find the largest per-chip batch that fits "
+                         "(doubling, then bisection; one compilation each).")
+    paths.DEFINE_path("records", "", "--mode=aot: a JSON-lines file that every compilation's record is appended "
+                      "to, and whose records of the same config, topology and batch are reused instead of compiling "
+                      "again.")
+    # Off unless asked for: a cached program would leave compilation out of the first call's time.
+    rcot_app.define_jax_flags(cache_default="off")
 
 
 def _gflop(fn, *args):
@@ -189,8 +196,6 @@ def run_sweep_benchmark(config, num_variants=4, num_steps=10):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.mode == "aot":
         from rcot_jax import aot
         try:
@@ -208,4 +213,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    rcot_app.run(main, "rcot_jax.benchmark")
+    rcot_app.run(main, "rcot_jax.benchmark", _define_flags)

@@ -17,7 +17,6 @@ import os
 
 import jax
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from rcot_jax import app as rcot_app
 from rcot_jax import paths
@@ -28,13 +27,14 @@ from rcot_jax.state import create_train_state
 from rcot_jax.weights import checkpoints, files
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config describing the networks (configs/<task>.py[:variant]).",
-                                lock_config=True)
-paths.DEFINE_path("workdir", None, "Run directory to write (import) or read (export).")
-paths.DEFINE_path("checkpoint", [], "Official checkpoint file(s) to import (map and critic).", multi=True)
-paths.DEFINE_path("export", None, "Write the workdir's latest checkpoint as official state dicts: this path "
-                    "(.pth/.pt or .safetensors) for T_net and <stem>_Fnet<ext> for F_net.")
-flags.mark_flags_as_required(["config", "workdir"])
+def _define_flags():
+    rcot_app.define_config("Config describing the networks (configs/<task>.py[:variant]).")
+    paths.DEFINE_path("workdir", None, "Run directory to write (import) or read (export).")
+    paths.DEFINE_path("checkpoint", [], "Official checkpoint file(s) to import (map and critic).", multi=True)
+    paths.DEFINE_path("export", None, "Write the workdir's latest checkpoint as official state dicts: this path "
+                      "(.pth/.pt or .safetensors) for T_net and <stem>_Fnet<ext> for F_net.")
+    rcot_app.define_jax_flags()
+    flags.mark_flags_as_required(["config", "workdir"])
 
 
 def import_official(config, checkpoint_files, workdir):
@@ -65,8 +65,6 @@ def export_official(config, workdir, path):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if bool(FLAGS.export) == bool(FLAGS.checkpoint):
         raise app.UsageError("give either --checkpoint (import) or --export (export)")
     if FLAGS.export:
@@ -76,4 +74,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    rcot_app.run(main, "rcot_jax.convert")
+    rcot_app.run(main, "rcot_jax.convert", _define_flags)

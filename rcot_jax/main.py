@@ -5,36 +5,17 @@ the workdir's latest checkpoint with the run's own config (its config.json; over
 a SLURM or Open MPI job) run the same command on every host; elsewhere add --coordinator_address,
 --num_processes and --process_id.
 """
-import difflib
 import os
 import re
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from rcot_jax import app as rcot_app
 from rcot_jax import configs, paths
 
-# TensorFlow only writes TensorBoard files here: keep its start-up notices (oneDNN, CUDA probing) off the console.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Training config file (configs/<task>.py[:variant]); with "
-                                "--mode=eval optional (the run's config.json; a config file adds overrides).",
-                                lock_config=True)
-paths.DEFINE_path("workdir", None, "Directory for checkpoints, logs, samples and eval results.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"], "train: train (resuming) and evaluate; eval: evaluate the "
-                  "latest checkpoint on the held-out set, with the workdir's config.json.")
-flags.DEFINE_string("compilation_cache", os.environ.get("RCOT_JAX_COMPILATION_CACHE", ""),
-                    "Persistent XLA compilation cache directory, so a resumed run or --mode=eval compiles in "
-                    "seconds; '' = the user cache directory (~/.cache/rcot_jax/xla), 'off' = none. Default from "
-                    "$RCOT_JAX_COMPILATION_CACHE.")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
-flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
-flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
-flags.mark_flags_as_required(["workdir"])
 
 # The keys `--help` shows, with their defaults and the comments of configs/default.py.
 COMMON_KEYS = ("num_train_steps", "data.train_dir", "data.eval_dir", "data.noise_sigma", "data.batch_size",
@@ -42,8 +23,14 @@ COMMON_KEYS = ("num_train_steps", "data.train_dir", "data.eval_dir", "data.noise
                "precision", "eval_every_steps", "checkpoint_every_steps", "seed")
 
 
-def _fail(message):
-    rcot_app.fail("rcot_jax.main", message)
+def _define_flags():
+    rcot_app.define_config("Training config file (configs/<task>.py[:variant]); with --mode=eval optional (the "
+                           "run's config.json; a config file adds overrides).")
+    paths.DEFINE_path("workdir", None, "Directory for checkpoints, logs, samples and eval results.")
+    flags.DEFINE_enum("mode", "train", ["train", "eval"], "train: train (resuming) and evaluate; eval: evaluate the "
+                      "latest checkpoint on the held-out set, with the workdir's config.json.")
+    rcot_app.define_jax_flags(distributed=True)
+    flags.mark_flags_as_required(["workdir"])
 
 
 def _summary(path):
@@ -105,104 +92,6 @@ Flags:
 """
 
 
-def _config_arg(argv):
-    """The value of --config in argv, or None."""
-    for i, arg in enumerate(argv):
-        if arg.startswith(("--config=", "-config=")):
-            return arg.split("=", 1)[1]
-        if arg in ("--config", "-config") and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
-
-
-def _check_config_file(argv):
-    """Fails with a clear message for a --config file that does not exist."""
-    path = _config_arg(argv)
-    if path is not None and not os.path.isfile(path.split(":", 1)[0]):
-        tasks = ", ".join(f"configs/{t}.py" for t in configs.TASKS)
-        _fail(f"--config={path}: no such file (the task configs are {tasks}; a variant follows a colon: "
-              "configs/deblur.py:quick)")
-
-
-def _config_file_parser():
-    from ml_collections.config_flags import config_flags as impl   # the parser is not exported
-    return impl.ConfigFileFlagParser("config")
-
-
-def _unknown_override(config, argv):
-    """A message for the first `--config.KEY=...` whose KEY the config lacks, with the closest names; None if all
-    exist."""
-    for arg in argv:
-        match = re.match(r"--?(?:no)?config\.([^=]+)", arg)
-        if not match:
-            continue
-        node, parts = config, match[1].split(".")
-        for i, part in enumerate(parts):
-            if not hasattr(node, "keys") or part not in node:
-                close = difflib.get_close_matches(part, list(node.keys()) if hasattr(node, "keys") else [], n=3)
-                where = "config." + ".".join(parts[:i]) if i else "config"
-                hint = f"; did you mean {', '.join('.'.join(parts[:i] + [c]) for c in close)}?" if close else ""
-                return f"--config.{match[1]}: {where} has no key {part!r}{hint}"
-            node = node[part]
-    return None
-
-
-def parse_flags(argv):
-    """absl's flag parsing with one-line errors (no tracebacks), naming a config key that does not exist."""
-    _check_config_file(argv)
-    try:
-        return FLAGS(argv)
-    except Exception as e:   # the config file and overrides are user input: report, don't trace
-        path = _config_arg(argv)
-        if path is not None:
-            try:
-                base = _config_file_parser().parse(path)
-                message = _unknown_override(base, argv)
-                if message:
-                    _fail(message)
-            except SystemExit:
-                raise
-            except Exception:
-                pass
-        _fail(f"{rcot_app.flag_error_message(e)}\n"
-              "(--help lists the task configs, their variants and the common keys)")
-
-
-def _maybe_initialize_distributed():
-    """Multi-process runs connect before anything touches the devices: with explicit flags, or wherever JAX's
-    own cluster detection finds several processes (a TPU pod slice or multislice, SLURM, Open MPI, an indexed
-    Kubernetes job); `jax.distributed.initialize()` then reads the topology itself."""
-    import jax
-    if FLAGS.coordinator_address or FLAGS.num_processes:
-        jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                                   num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-    elif _detected_process_count() > 1:
-        jax.distributed.initialize()
-
-
-def _detected_process_count():
-    """Processes of the cluster that `jax.distributed.initialize()` would detect (its candidates, in its order), 1
-    outside any. A lone process (a one-host TPU VM, one SLURM task) stays out of the distributed system, which would
-    only add a coordinator and its port. Reads environment variables and the TPU VM's metadata, not the devices."""
-    from jax._src import clusters
-    env = next((env for env in clusters.ClusterEnv._cluster_types  # JAX has no public detection API
-                if not env.opt_in_only_method and env.is_env_present()), None)
-    return env.get_process_count() if env else 1
-
-
-def compilation_cache_dir(setting):
-    """The persistent compilation cache directory for `--compilation_cache` (None: off). JAX's own
-    JAX_COMPILATION_CACHE_DIR wins over the default."""
-    if setting.lower() in ("off", "none", "0", "false"):
-        return None
-    if setting:
-        return os.path.abspath(paths.expand(setting))
-    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        return os.environ["JAX_COMPILATION_CACHE_DIR"]
-    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(cache_home, "rcot_jax", "xla")
-
-
 def _config_for_mode(config):
     """The config to run: the command line's, or for --mode=eval the workdir's config.json with the command
     line's overrides on top."""
@@ -232,39 +121,27 @@ def _describe(config):
     if FLAGS.config is None:     # --mode=eval without --config
         return f"Config {os.path.join(FLAGS.workdir, workdir_lib.CONFIG)} (the run's)"
     source = FLAGS["config"].config_filename
-    changed = workdir_lib.changed_keys(config, _config_file_parser().parse(source))
+    changed = workdir_lib.changed_keys(config, rcot_app.config_file_parser().parse(source))
     return f"Config {source}" + "".join(f"\n  {k} = {v!r}" for k, v in changed.items())
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    import jax
-    cache = compilation_cache_dir(FLAGS.compilation_cache)
-    if cache:
-        jax.config.update("jax_compilation_cache_dir", cache)
-    from rcot_jax import evaluate, train
+def _errors():
     from rcot_jax.checkpointing import CheckpointSaveError
     from rcot_jax.workdir import WorkdirLocked
-    _maybe_initialize_distributed()
-    logging.info("JAX %s, backend %s: process %d of %d, %d local / %d global devices; compilation cache: %s",
-                 jax.__version__, jax.default_backend(), jax.process_index(), jax.process_count(),
-                 jax.local_device_count(), jax.device_count(), cache or "off")
-    try:
-        config = _config_for_mode(FLAGS.config)
-        logging.info("%s", _describe(config))
-        if FLAGS.mode == "train":
-            train.train_and_evaluate(config, FLAGS.workdir)
-        else:
-            evaluate.evaluate_checkpoint(config, FLAGS.workdir)
-    except (ValueError, OSError, FloatingPointError, CheckpointSaveError, WorkdirLocked) as e:
-        if FLAGS.traceback:
-            raise
-        _fail(f"{e}\n(--traceback shows where it was raised)")
-    except KeyboardInterrupt as e:     # Ctrl-C: train.Interrupted once a checkpoint is saved, else before one
-        print(f"rcot_jax.main: {e or 'interrupted (Ctrl-C); no new checkpoint was saved'}", file=sys.stderr)
-        sys.exit(130)
+    return FloatingPointError, CheckpointSaveError, WorkdirLocked
+
+
+def main(argv):
+    from rcot_jax import evaluate, train
+    config = _config_for_mode(FLAGS.config)
+    logging.info("%s", _describe(config))
+    if FLAGS.mode == "train":
+        train.train_and_evaluate(config, FLAGS.workdir)
+    else:
+        evaluate.evaluate_checkpoint(config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    rcot_app.run(main, "rcot_jax.main", usage=usage, flags_parser=parse_flags)
+    rcot_app.run(main, "rcot_jax.main", _define_flags, usage=usage, errors=_errors,
+                 help_hint="--help lists the task configs, their variants and the common keys",
+                 interrupted="interrupted (Ctrl-C); no new checkpoint was saved")

@@ -16,7 +16,6 @@ import sys
 
 import numpy as np
 from absl import app, flags, logging
-from ml_collections import config_flags
 from PIL import Image, ImageOps
 
 from rcot_jax import app as rcot_app
@@ -32,13 +31,14 @@ def _define_flags():
     paths.DEFINE_path("workdir", None, "A training run: its config.json and latest checkpoint.")
     paths.DEFINE_path("checkpoint", None, "Instead of --workdir: a run's checkpoint directory, or an official "
                         ".pth/.safetensors file; needs --config.")
-    config_flags.DEFINE_config_file("config", None, "With --checkpoint, or a --workdir without config.json: the "
-                                    "config describing the networks.")
+    rcot_app.define_config("With --checkpoint, or a --workdir without config.json: the config describing the "
+                           "networks.")
     flags.DEFINE_integer("tile", 256, "Tile size (a multiple of 16); 0 = the whole image at once.")
     flags.DEFINE_integer("overlap", 32, "Pixels shared by neighbouring tiles, blended linearly.")
     flags.DEFINE_integer("batch_size", 4, "Tiles per call (rounded up to a multiple of the local devices).")
     flags.DEFINE_boolean("ensemble", False, "x8 geometric self-ensemble (8x slower).")
     flags.DEFINE_boolean("overwrite", False, "Replace existing output files.")
+    rcot_app.define_jax_flags()
     flags.mark_flags_as_required(["input", "output"])
 
 
@@ -163,8 +163,6 @@ def restore_files(restorer, inputs, output, overwrite=False):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if bool(FLAGS.workdir) == bool(FLAGS.checkpoint):
         raise app.UsageError("give exactly one of --workdir and --checkpoint")
     from rcot_jax import inference
@@ -181,5 +179,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    _define_flags()
-    rcot_app.run(main, "rcot_jax.restore")
+    rcot_app.run(main, "rcot_jax.restore", _define_flags)

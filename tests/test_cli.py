@@ -244,6 +244,8 @@ def test_help_lists_the_commands_flags_and_exits_0(name):
     own = {"main": "--workdir", "restore": "--input", "convert": "--export", "benchmark": "--topology",
            "ablate": "--grid", "prepare": "--manual_dir"}[name]
     assert own in result.stdout
+    assert ("--compilation_cache" in result.stdout) == (name != "prepare")       # every command that compiles
+    assert ("--coordinator_address" in result.stdout) == (name == "main")         # the command that trains a run
 
 
 @pytest.mark.slow

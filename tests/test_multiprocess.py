@@ -1,20 +1,18 @@
 """Several processes and device counts: 2 processes x 4 CPU devices, killed (SIGKILL) after a checkpoint and
 relaunched, end with the train state of 1 process x 8 devices run without a break; a checkpoint of 8 devices, or of
-2 processes x 4 devices, resumes on 2 devices; and when main.py joins a distributed system."""
+2 processes x 4 devices, resumes on 2 devices."""
 import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
-import types
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import portpicker
 import pytest
-from jax._src.clusters import cloud_tpu_cluster
 
 from rcot_jax.configs import denoise
 
@@ -194,80 +192,3 @@ def test_a_checkpoint_of_two_processes_resumes_on_one_process_of_two_devices(tmp
     assert sorted(os.listdir(workdir / "checkpoints" / str(RESUMED_AT) / "data")) == \
         ["commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
     _check_resumed_on_two_devices(tmp_path, workdir, two_devices_uninterrupted)
-
-
-# JAX's cluster detection, fed as on each kind of host; `initialize` is recorded, never run.
-
-_CLUSTER_VARIABLES = ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "TPU_WORKER_ID", "TPU_SKIP_MDS_QUERY",
-                      "MEGASCALE_COORDINATOR_ADDRESS", "MEGASCALE_NUM_SLICES", "MEGASCALE_SLICE_ID",
-                      "SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID",
-                      "OMPI_MCA_orte_hnp_uri", "KUBERNETES_SERVICE_HOST", "JAX_COORDINATOR_ADDRESS")
-
-
-@pytest.fixture
-def initialize_calls(monkeypatch):
-    from rcot_jax import main    # here, not at the top: it defines absl flags that other entry points share
-
-    for name in _CLUSTER_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", False)
-    monkeypatch.setattr(main, "FLAGS", types.SimpleNamespace(coordinator_address=None, num_processes=None,
-                                                            process_id=None))
-    calls = []
-    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
-
-    def run():
-        main._maybe_initialize_distributed()
-        return calls
-    return run
-
-
-def _tpu_vm(monkeypatch, **metadata):
-    """A Cloud TPU VM whose metadata server holds `metadata` (GCE; a GKE node has none of these keys)."""
-    monkeypatch.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", True)
-    monkeypatch.setattr(cloud_tpu_cluster, "get_metadata",
-                        lambda key: (metadata[key], 200) if key in metadata else ("", 404))
-
-
-def _gce_tpu_vm(monkeypatch, workers, tpu_env=""):
-    """A GCE TPU VM, worker 0 of `workers` in its slice (`tpu-env`: the multislice settings)."""
-    _tpu_vm(monkeypatch, **{"agent-worker-number": "0", "worker-network-endpoints": ",".join(workers),
-                            "tpu-env": tpu_env})
-
-
-def test_a_single_host_stays_out_of_the_distributed_system(initialize_calls, monkeypatch):
-    assert initialize_calls() == []                                   # CPU or GPU machine
-    _gce_tpu_vm(monkeypatch, ["10.0.0.2"])
-    assert initialize_calls() == []                                   # one-host TPU VM
-    _tpu_vm(monkeypatch)
-    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")
-    assert initialize_calls() == []                                   # one-host GKE TPU node
-    monkeypatch.setenv("SLURM_JOB_ID", "7")
-    for name, value in [("SLURM_STEP_NODELIST", "n1"), ("SLURM_NTASKS", "1"), ("SLURM_PROCID", "0"),
-                        ("SLURM_LOCALID", "0")]:
-        monkeypatch.setenv(name, value)
-    assert initialize_calls() == []                                   # one SLURM task
-
-
-def test_every_multi_host_environment_jax_detects_initializes_with_its_own_settings(initialize_calls,
-                                                                                     monkeypatch):
-    _gce_tpu_vm(monkeypatch, ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"])
-    assert initialize_calls() == [{}]                                 # pod slice, from the metadata server
-    _gce_tpu_vm(monkeypatch, ["10.0.0.2"], tpu_env="MEGASCALE_NUM_SLICES: '2'")
-    assert initialize_calls() == [{}, {}]                             # multislice of one-host slices
-    _tpu_vm(monkeypatch)
-    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "pod-0,pod-1")
-    monkeypatch.setenv("TPU_WORKER_ID", "1")
-    assert initialize_calls() == [{}, {}, {}]                         # GKE
-
-
-def test_slurm_tasks_and_explicit_flags_initialize(initialize_calls, monkeypatch):
-    from rcot_jax import main
-
-    for name, value in [("SLURM_JOB_ID", "7"), ("SLURM_STEP_NODELIST", "n[1-2]"), ("SLURM_NTASKS", "2"),
-                        ("SLURM_PROCID", "1"), ("SLURM_LOCALID", "0")]:
-        monkeypatch.setenv(name, value)
-    assert initialize_calls() == [{}]
-    monkeypatch.setattr(main, "FLAGS", types.SimpleNamespace(coordinator_address="h:1", num_processes=2,
-                                                            process_id=1))
-    assert initialize_calls()[-1] == {"coordinator_address": "h:1", "num_processes": 2, "process_id": 1}
