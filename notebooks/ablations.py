@@ -165,7 +165,7 @@ show(spectra, [f"log|F r|, {n}" for n in names], width=2.2)
 table = ["| residual | p by id | paper, p=1 | paper, p=2 | official (p by id) |", "|---|---|---|---|---|"]
 for n in names:
     r = jnp.asarray(residual[n])[None]
-    p_id = ids.fourier_exponent(jnp.asarray([pipeline.degradation_id(n)]))
+    p_id = ids.fourier_exponent(jnp.asarray([ids.degradation_id(n)]))
     cost = {p: float(losses.fourier_residual_cost(r, jnp.asarray([p]))) for p in (1, 2)}
     official = float(losses.fourier_residual_cost(r, p_id, variant="official"))
     table.append(f"| {n} | {int(p_id[0])} | {cost[1]:.2f} | {cost[2]:.2f} | {official:.2f} |")

@@ -32,7 +32,7 @@ from rcot_jax import parallel, paths, steps
 from rcot_jax import workdir as workdir_lib
 from rcot_jax.data import pipeline
 from rcot_jax.evaluate import evaluate, make_evaluator
-from rcot_jax.ids import GAUSSIAN_NOISE
+from rcot_jax.ids import GAUSSIAN_NOISE, degradation_id
 from rcot_jax.state import create_train_state, jit_init, seed_keys
 from rcot_jax.train import BATCH_KEYS
 
@@ -97,7 +97,7 @@ def variant_config(config, variant):
 def _normalized(config):
     """The config with choices that change nothing put back to their defaults, for finding duplicate variants."""
     config = config.copy_and_resolve_references()
-    ids = {pipeline.degradation_id(n) for n in pipeline.degradation_names(config.data)}
+    ids = {degradation_id(n) for n in pipeline.degradation_names(config.data)}
     natural = 2 if ids <= set(GAUSSIAN_NOISE) else 1 if not ids & set(GAUSSIAN_NOISE) else None
     if config.loss.fourier_p == natural or config.loss.fourier_variant == "off":
         config.loss.fourier_p = 0

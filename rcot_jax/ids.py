@@ -22,6 +22,19 @@ class DegradationId(enum.IntEnum):
 
 GAUSSIAN_NOISE = (DegradationId.NOISE_15, DegradationId.NOISE_25, DegradationId.NOISE_50)
 
+# The degradations the data pipeline synthesises, by the names configs use (`data.mix`, `--config.data.task`'s
+# degradation): the one table of their names (rcot_jax.data.degradations holds their functions).
+DEGRADATION_IDS = {
+    "noise15": DegradationId.NOISE_15, "noise25": DegradationId.NOISE_25, "noise50": DegradationId.NOISE_50,
+    "rain": DegradationId.RAIN, "haze": DegradationId.HAZE, "blur": DegradationId.BLUR,
+    "lowlight": DegradationId.LOW_LIGHT, "sr_x4": DegradationId.SR_X4,
+}
+
+
+def degradation_id(name):
+    """The id of a degradation name; CUSTOM for any other (user-supplied pairs)."""
+    return DEGRADATION_IDS.get(name, DegradationId.CUSTOM)
+
 
 def fourier_exponent(de_id):
     """p per sample: int32[B] of 2 for Gaussian-noise ids, 1 otherwise."""

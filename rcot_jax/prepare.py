@@ -1,19 +1,19 @@
 """Prepare one of the paper's datasets from its authors' files:
 `python -m rcot_jax.prepare --dataset=gopro --manual_dir=DIR --data_dir=DIR`, then train on it with
 `--config.data.source=tfds --config.data.name=gopro --config.data.data_dir=DIR`. Layouts: docs/data.md, and
-`rcot_jax.data.builders.LAYOUTS`.
+`rcot_jax.data.catalog.LAYOUTS`.
 """
 from absl import flags, logging
 
 from rcot_jax import app as rcot_app
 from rcot_jax import paths
-from rcot_jax.data import builders
+from rcot_jax.data import builders, catalog
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags():
-    flags.DEFINE_enum("dataset", None, list(builders.LAYOUTS), "The dataset to prepare.")
+    flags.DEFINE_enum("dataset", None, list(catalog.LAYOUTS), "The dataset to prepare.")
     paths.DEFINE_path("manual_dir", None, "The folder holding the downloaded dataset, as its layout expects.")
     paths.DEFINE_path("data_dir", None, "Where prepared datasets live (the training config's data.data_dir).")
     paths.DEFINE_path("file_list", "", "A text file naming the training images to take (one degraded image per line, "

@@ -4,9 +4,11 @@ import itertools
 import numpy as np
 import pytest
 
+from fakes import save_image
 from rcot_jax.configs import allinone, deblur, denoise
 from rcot_jax import metrics
 from rcot_jax.data import pipeline, sources
+from rcot_jax.ids import DEGRADATION_IDS
 
 
 def _config(module=denoise, **data):
@@ -46,7 +48,7 @@ def test_batches_follow_the_contract():
     assert b["degraded"].dtype == b["target"].dtype == np.float32
     assert 0 <= b["degraded"].min() and b["degraded"].max() <= 1
     assert b["paired"].dtype == bool and b["de_id"].dtype == np.int32
-    assert set(b["de_id"]) <= {int(pipeline.DEGRADATION_IDS[n]) for n in c.data.mix}
+    assert set(b["de_id"]) <= {int(DEGRADATION_IDS[n]) for n in c.data.mix}
 
 
 def _residual_std(batches):
@@ -166,3 +168,12 @@ def test_blur_kernel_size_sets_the_blur_strength():
         data = pipeline.EvalSet(_config(deblur, blur_kernel_size=size, eval_size=64))
         psnr[size] = metrics.psnr(_stack(data, "degraded"), _stack(data, "target")).mean()
     assert psnr[21] < psnr[5] - 3
+
+
+def test_small_images_are_reported_with_their_own_size(tmp_path, caplog):
+    save_image(tmp_path / "small.png", hw=(20, 20))
+    save_image(tmp_path / "big.png", hw=(40, 40))
+    c = denoise.get_config("tiny")
+    c.data.update(source="clean_folder", train_dir=str(tmp_path))
+    next(iter(pipeline.train_dataset(c)))
+    assert "skipping 1 of 2 images smaller than config.data.patch_size=32: small.png (20x20)" in caplog.text

@@ -44,7 +44,7 @@ def get_config(arg=None):
                                               # 2048: the MPRNet file's critic (Net.py, patch 256)
 
     c.data = ml_collections.ConfigDict()
-    c.data.task = "deblur"                    # see rcot_jax.data.pipeline.TASKS
+    c.data.task = "deblur"                    # see rcot_jax.configs.TASKS
     c.data.noise_sigma = 25                   # 15 | 25 | 50, for 'denoise' ('allinone' names levels in mix)
     c.data.mix = ("haze", "rain", "noise15", "noise25", "noise50")    # degradations 'allinone' draws from;
                                               # 'tfds:NAME' entries are prepared datasets (their own pairs)
@@ -62,7 +62,7 @@ def get_config(arg=None):
     c.data.file_list = ""                     # paired: a text file naming the degraded images to use
     c.data.eval_degraded_dir = ""             # paired/unpaired_folders: the test pairs (same data.match)
     c.data.eval_target_dir = ""
-    c.data.name = ""                          # tfds: gopro | rain100l | ... (rcot_jax.data.builders.LAYOUTS)
+    c.data.name = ""                          # tfds: gopro | rain100l | ... (rcot_jax.data.catalog.LAYOUTS)
     c.data.data_dir = ""                      # tfds: where it was prepared ('' = TFDS's default)
     c.data.split = "train"
     c.data.eval_split = "test"

@@ -37,9 +37,8 @@ The models:
     "Practical Poissonian-Gaussian noise modeling and fitting for single-image raw-data", IEEE TIP 2008),
     quantised to 8-bit.
 
-``DEGRADATIONS`` maps the names 'noise15', 'noise25', 'noise50', 'rain', 'haze', 'blur', 'lowlight',
-'sr_x4' to callables ``(img, rng) -> degraded`` with the defaults; ``degrade(name, img, rng)`` looks
-one up.
+``DEGRADATIONS`` maps the degradation names of ``rcot_jax.ids.DEGRADATION_IDS`` ('noise15', ..., 'sr_x4') to
+callables ``(img, rng) -> degraded`` with the defaults; ``degrade(name, img, rng)`` looks one up.
 """
 import functools
 import math
@@ -47,6 +46,8 @@ from numbers import Real
 
 import numpy as np
 from scipy import ndimage, signal
+
+from rcot_jax.ids import DEGRADATION_IDS, DegradationId
 
 __all__ = [
     "gaussian_noise", "motion_blur_kernel", "apply_kernel", "motion_blur", "rain_streaks",
@@ -381,16 +382,17 @@ def low_light(img, rng, ratio=(0.1, 0.3), gamma=(1.5, 2.5), shot=(1e-4, 2e-3), r
 
 
 # ------------------------------------------------------------------------------------------------ registry
-DEGRADATIONS = {
-    "noise15": functools.partial(gaussian_noise, sigma=15.0),
-    "noise25": functools.partial(gaussian_noise, sigma=25.0),
-    "noise50": functools.partial(gaussian_noise, sigma=50.0),
-    "rain": rain_streaks,
-    "haze": haze,
-    "blur": motion_blur,
-    "lowlight": low_light,
-    "sr_x4": functools.partial(bicubic_down_up, scale=4),
+_BY_ID = {
+    DegradationId.NOISE_15: functools.partial(gaussian_noise, sigma=15.0),
+    DegradationId.NOISE_25: functools.partial(gaussian_noise, sigma=25.0),
+    DegradationId.NOISE_50: functools.partial(gaussian_noise, sigma=50.0),
+    DegradationId.RAIN: rain_streaks,
+    DegradationId.HAZE: haze,
+    DegradationId.BLUR: motion_blur,
+    DegradationId.LOW_LIGHT: low_light,
+    DegradationId.SR_X4: functools.partial(bicubic_down_up, scale=4),
 }
+DEGRADATIONS = {name: _BY_ID[i] for name, i in DEGRADATION_IDS.items()}
 
 
 def degrade(name, img, rng, **params):

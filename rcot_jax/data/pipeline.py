@@ -22,20 +22,13 @@ import grain
 import numpy as np
 from absl import logging
 
-from rcot_jax import paths
-from rcot_jax.data import degradations, sources
-from rcot_jax.ids import DegradationId
+from rcot_jax import configs, paths
+from rcot_jax.data import catalog, degradations
+from rcot_jax.ids import DEGRADATION_IDS, degradation_id
 
-SOURCES = ("embedded", "clean_folder", "paired_folders", "unpaired_folders", "tfds")
 TFDS_PREFIX = "tfds:"    # a prepared dataset in data.mix
-TASKS = ("deblur", "denoise", "derain", "dehaze", "sr", "lowlight", "allinone")
 _TASK_DEGRADATION = {"deblur": "blur", "derain": "rain", "dehaze": "haze", "sr": "sr_x4", "lowlight": "lowlight"}
 NOISE_SIGMAS = (15, 25, 50)
-DEGRADATION_IDS = {
-    "noise15": DegradationId.NOISE_15, "noise25": DegradationId.NOISE_25, "noise50": DegradationId.NOISE_50,
-    "rain": DegradationId.RAIN, "haze": DegradationId.HAZE, "blur": DegradationId.BLUR,
-    "lowlight": DegradationId.LOW_LIGHT, "sr_x4": DegradationId.SR_X4,
-}
 # Training crops are degraded with this much clean context on each side, then cut back, so that blur and
 # the other spatial degradations see real image content at the crop's border.
 MARGIN = 16
@@ -57,20 +50,8 @@ def degradation_names(data_config):
                              f"{sorted(DEGRADATION_IDS)} or prepared datasets as '{TFDS_PREFIX}NAME'")
         return names
     if task not in _TASK_DEGRADATION:
-        raise ValueError(f"config.data.task={task!r}, expected one of {TASKS}")
+        raise ValueError(f"config.data.task={task!r}, expected one of {configs.TASKS}")
     return (_TASK_DEGRADATION[task],)
-
-
-def _need(d, *keys):
-    missing = [k for k in keys if not d[k]]
-    if missing:
-        raise ValueError(f"config.data.source={d.source!r} needs " + ", ".join(f"config.data.{k}" for k in missing))
-
-
-def _clean_eval_source(d):
-    if d.eval_dir:
-        return sources.clean_folder(d.eval_dir, d.bad_files, "eval_dir")
-    return sources.EmbeddedSource("heldout")
 
 
 def _mix(d):
@@ -86,31 +67,6 @@ def _mix(d):
     return names, datasets
 
 
-def _main_source(d, split):
-    """The source config.data.source names, for 'train' or 'eval'."""
-    names = {"train": ("degraded_dir", "target_dir"), "eval": ("eval_degraded_dir", "eval_target_dir")}[split]
-    if d.source == "embedded" and not d.train_dir:
-        return sources.EmbeddedSource("train") if split == "train" else _clean_eval_source(d)
-    if d.source in ("embedded", "clean_folder"):         # 'embedded' with a train_dir: that folder
-        if split == "train":
-            _need(d, "train_dir")
-            return sources.clean_folder(d.train_dir, d.bad_files, "train_dir")
-        return _clean_eval_source(d)
-    if d.source in ("paired_folders", "unpaired_folders"):
-        _need(d, *names)
-        if split == "eval" or d.source == "paired_folders":
-            return sources.paired_folders(d[names[0]], d[names[1]], d.match,
-                                          d.file_list if split == "train" else "", _task_degradation(d),
-                                          d.bad_files, names)
-        return sources.unpaired_folders(d.degraded_dir, d.target_dir, _task_degradation(d), d.bad_files)
-    if d.source == "tfds":
-        _need(d, "name")
-        if split == "train":
-            return sources.tfds_source(d.name, d.split, d.data_dir or None)
-        return sources.tfds_source(d.eval_name or d.name, d.eval_split, d.data_dir or None)
-    raise ValueError(f"config.data.source={d.source!r}, expected one of {SOURCES}")
-
-
 def _task_degradation(d):
     names = degradation_names(d)
     return names[0] if len(names) == 1 else None
@@ -119,12 +75,12 @@ def _task_degradation(d):
 def _components(d, split):
     d = paths.expand_data_paths(d)
     if d.task != "allinone":
-        source = _main_source(d, split)
+        source = catalog.source(d, split, _task_degradation(d))
         return [(source, degradation_names(d) if source.kind == "clean" else (), None, 1.0)]
     synthetic, datasets = _mix(d)
     out = []
     if synthetic:
-        source = _main_source(d, split)
+        source = catalog.source(d, split, _task_degradation(d))
         if source.kind != "clean":
             raise ValueError(f"config.data.mix={tuple(d.mix)!r} names synthetic degradations, which need a clean "
                              f"source; config.data.source={d.source!r} is {source.kind}")
@@ -133,10 +89,10 @@ def _components(d, split):
         out.append((source, tuple(n for n, _ in synthetic), probs, float(w.sum())))
     tfds_split = d.split if split == "train" else d.eval_split
     for name, w in datasets:
-        if split == "eval" and tfds_split not in sources.tfds_splits(name, d.data_dir or None):
+        if split == "eval" and tfds_split not in catalog.prepared_splits(name, d.data_dir or None):
             logging.info("data.mix: %s has no %r split; it is not evaluated", name, tfds_split)
             continue
-        out.append((sources.tfds_source(name, tfds_split, d.data_dir or None), (), None, float(w)))
+        out.append((catalog.prepared_source(name, tfds_split, d.data_dir or None), (), None, float(w)))
     return out
 
 
@@ -251,11 +207,6 @@ class TrainSample:
         return {"degraded": dihedral(degraded, k), "target": target.astype(np.float32),
                 "paired": np.bool_(paired), "de_id": np.int32(degradation_id(name)),
                 "source": np.int32(src), "target_source": np.int32(tsrc)}
-
-
-def degradation_id(name):
-    """The id of a degradation name; pairs of an unnamed degradation (a user's folders) are CUSTOM."""
-    return DEGRADATION_IDS.get(name, DegradationId.CUSTOM)
 
 
 def paired_images(num_images, fraction, seed):

@@ -25,6 +25,7 @@ are always an error (which one is meant?); targets that no degraded image refers
 whose header is fine but whose data is truncated fails when it is decoded, with an `ImageError` naming it; under
 `bad_files='skip'` every file is decoded once when the source is built, so such a file is skipped (and named) too.
 """
+import copy
 import functools
 import io
 import os
@@ -351,14 +352,34 @@ class EmbeddedSource:
 
 
 # --------------------------------------------------------------------------------------- prepared datasets
-def tfds_source(name, split, data_dir=None):
-    """A split of a dataset prepared with `python -m rcot_jax.prepare` (ArrayRecord, read with
-    `tfds.data_source`; no TensorFlow): the images are stored encoded and decoded here on access."""
-    from rcot_jax.data import builders   # imports tfds only when a prepared dataset is used
-    return builders.TfdsSource(name, split, data_dir)
+class PreparedSource:
+    """A split of a prepared dataset (rcot_jax.data.catalog): ArrayRecord files read with `tfds.data_source` (no
+    TensorFlow), the images stored encoded and decoded here on access. `entries`: [[name, H, W]] from its index."""
+    croppable, targets = False, None
 
+    def __init__(self, root, split, entries, degradation):
+        import tensorflow_datasets as tfds
+        self.kind = "paired" if degradation else "clean"
+        self.degradation = degradation
+        self._source = tfds.builder_from_directory(root).as_data_source(split)
+        self.names = [n for n, _, _ in entries]
+        self.sizes = [(h, w) for _, h, w in entries]
+        self._indices = list(range(len(self.names)))
 
-def tfds_splits(name, data_dir=None):
-    """The splits of a prepared dataset."""
-    from rcot_jax.data import builders
-    return builders.read_index(name, data_dir)[1].keys()
+    def __len__(self):
+        return len(self._indices)
+
+    def __getitem__(self, index):
+        raw = self._source[self._indices[index]]
+        name = raw["name"].decode()
+        record = {"name": name, "target": decode_image(raw["target"], f"{name} (target)")}
+        if "degraded" in raw:
+            record["degraded"] = decode_image(raw["degraded"], name)
+        return record
+
+    def keep(self, indices):
+        out = copy.copy(self)
+        out._indices = [self._indices[i] for i in indices]
+        out.names = [self.names[i] for i in indices]
+        out.sizes = [self.sizes[i] for i in indices]
+        return out

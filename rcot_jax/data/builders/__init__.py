@@ -1,20 +1,17 @@
-"""The paper's datasets as TFDS datasets: one generic builder, one layout spec per dataset.
+"""The paper's datasets as TFDS datasets: one generic builder, one config per row of `catalog.LAYOUTS`.
 
 None of these datasets is in the TFDS catalogue; their authors distribute them by hand (docs/data.md). A user
 downloads one, points `--manual_dir` at it and runs `python -m rcot_jax.prepare --dataset=NAME --manual_dir=DIR
 --data_dir=DIR`. The builder `rcot_images` has one config per dataset (`rcot_images/gopro`, ...). Records hold the
 images encoded as given (PNG/JPEG bytes; DIV2K's low-resolution inputs are bicubic-upsampled to the target size,
 as RCOT trains SR, and stored as PNG), the name and the size. Every image is fully decoded once while preparing, so
-a prepared dataset holds no unreadable file. Reading needs no TensorFlow: `tfds.data_source` (ArrayRecord), the
-images decoded by `rcot_jax.data.sources.decode_image`.
+a prepared dataset holds no unreadable file. Reading (`catalog.prepared_source`) needs no TensorFlow.
 
 Preparation writes into a temporary folder under `data_dir` and renames the finished dataset into place, with an
 index of every record's name and size (`rcot_index.json`): an interrupted or failed preparation leaves nothing
 that loads.
 """
 import contextlib
-import copy
-import dataclasses
 import functools
 import io
 import json
@@ -25,81 +22,10 @@ import tempfile
 import numpy as np
 from PIL import Image
 
-from rcot_jax.data import degradations, sources
+from rcot_jax.data import catalog, degradations, sources
+from rcot_jax.data.catalog import BUILDER, INDEX, LAYOUTS, VERSION
 
-BUILDER = "rcot_images"
-VERSION = "1.0.0"
-INDEX = "rcot_index.json"
 _SKIP = "--bad_files=skip"
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """Where a dataset's images are under its manual_dir. `splits`: split -> (folder, degraded template, target
-    template) for paired data (templates as in `config.data.match`, relative to the folder, without extension), or
-    split -> (folder,) for clean images (every image under it)."""
-    degradation: str | None      # the degradation the pairs show; None: clean images, degraded on the fly
-    splits: dict
-    homepage: str
-    layout: str                  # the folders a user arranges, for docs/data.md and the error messages
-    scale: int = 1               # degraded images are this much smaller than their targets (upsampled here)
-    # Other layouts the dataset is distributed in: split -> [(folder, degraded template, target template)], tried
-    # after `splits`' when it finds no pair (the authors' archives, the official code's, PromptIR's).
-    alternatives: dict = dataclasses.field(default_factory=dict)
-    others: str = ""             # those layouts, for docs/data.md and the error messages
-
-
-_RAIN_SPLITS = {split: (split, "rainy/rain-{id}", "norain/norain-{id}") for split in ("train", "test")}
-_RAIN_LAYOUT = "train/rainy/rain-N.png, train/norain/norain-N.png, test/... the same"
-_RAIN_OTHERS = {split: [(split, "rainy/rain-{id}", "gt/norain-{id}"), (split, "input/{name}", "target/{name}")]
-                for split in ("train", "test")}
-_RAIN_OTHER_LAYOUTS = ("the official code's train/rainy/rain-N.png + train/gt/norain-N.png; test/input/NAME + "
-                       "test/target/NAME")
-_SAME_NAMES = ("", "input/{name}", "target/{name}")       # PromptIR's and Restormer's test sets
-LAYOUTS = {
-    "gopro": Layout("blur", {"train": ("train", "{seq}/blur/{id}", "{seq}/sharp/{id}"),
-                             "test": ("test", "{seq}/blur/{id}", "{seq}/sharp/{id}")},
-                    "https://seungjunnah.github.io/Datasets/gopro",
-                    "train/GOPR*/blur/*.png, train/GOPR*/sharp/*.png, test/... the same"),
-    "rain100l": Layout("rain", _RAIN_SPLITS,
-                       "https://github.com/hezhangsprinter/ID-CGAN (Rain100L, via PromptIR's links)", _RAIN_LAYOUT,
-                       alternatives=_RAIN_OTHERS, others=_RAIN_OTHER_LAYOUTS),
-    "rain100h": Layout("rain", _RAIN_SPLITS, "https://www.icst.pku.edu.cn/struct/Projects/joint_rain_removal.html",
-                       _RAIN_LAYOUT, alternatives=_RAIN_OTHERS, others=_RAIN_OTHER_LAYOUTS),
-    "reside_ots": Layout("haze", {"train": ("", "hazy/{id}_{beta}_{a}", "clear/{id}")},
-                         "https://sites.google.com/view/reside-dehaze-datasets",
-                         "hazy/0025_0.8_0.04.jpg, clear/0025.jpg",
-                         alternatives={"train": [("", "hazy/{part}/{id}_{beta}_{a}", "clear/{id}"),
-                                                 ("", "synthetic/{part}/{id}_{beta}_{a}", "original/{id}")]},
-                         others="hazy/partN/0025_0.8_0.04.jpg + clear/0025.jpg; as distributed: "
-                                "synthetic/partN/0025_0.8_0.04.jpg + original/0025.jpg"),
-    "sots_outdoor": Layout("haze", {"test": ("", "hazy/{id}_{beta}_{a}", "gt/{id}")},
-                           "https://sites.google.com/view/reside-dehaze-datasets",
-                           "hazy/0001_0.8_0.2.jpg, gt/0001.png",
-                           alternatives={"test": [("", "input/{id}_{beta}_{a}", "target/{id}"), _SAME_NAMES]},
-                           others="PromptIR's input/0001_0.8_0.2.jpg + target/0001.png, or input/NAME + "
-                                  "target/NAME"),
-    "lol": Layout("lowlight", {"train": ("our485", "low/{id}", "high/{id}"),
-                               "test": ("eval15", "low/{id}", "high/{id}")},
-                  "https://daooshee.github.io/BMVC2018website/",
-                  "our485/low/N.png, our485/high/N.png, eval15/low/N.png, eval15/high/N.png"),
-    "bsd400_wed": Layout(None, {"train": ("",)}, "BSD400 + Waterloo Exploration Database (PromptIR's links)",
-                         "any folders of clean images, e.g. BSD400/*.jpg, WED/*.bmp"),
-    "cbsd68": Layout(None, {"test": ("",)}, "https://github.com/clausmichele/CBSD68-dataset",
-                     "CBSD68/*.png (clean originals)"),
-    "kodak24": Layout(None, {"test": ("",)}, "https://r0k.us/graphics/kodak/", "kodim01.png ... kodim24.png"),
-    "div2k_x4": Layout("sr_x4", {"train": ("", "DIV2K_train_LR_bicubic/X4/{id}x4", "DIV2K_train_HR/{id}"),
-                                 "test": ("", "DIV2K_valid_LR_bicubic/X4/{id}x4", "DIV2K_valid_HR/{id}")},
-                       "https://data.vision.ee.ethz.ch/cvl/DIV2K/",
-                       "DIV2K_train_HR/0001.png, DIV2K_train_LR_bicubic/X4/0001x4.png, DIV2K_valid_... the same",
-                       scale=4),
-}
-
-
-def _check_name(name):
-    if name not in LAYOUTS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(LAYOUTS)}")
-    return LAYOUTS[name]
 
 
 def split_entries(layout, split, manual_dir, bad_files, file_list=""):
@@ -152,7 +78,7 @@ def _builder_class():
     import tensorflow_datasets as tfds
 
     class RcotImages(tfds.core.GeneratorBasedBuilder):
-        """Image restoration datasets, paired or clean, prepared from their authors' files (see LAYOUTS)."""
+        """Image restoration datasets, paired or clean, prepared from their authors' files (catalog.LAYOUTS)."""
         VERSION = tfds.core.Version(VERSION)
         BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=n, description=f"{l.homepage}; layout: {l.layout}")
                            for n, l in LAYOUTS.items()]
@@ -195,7 +121,7 @@ def prepare(name, manual_dir, data_dir, bad_files="error", file_list=""):
     """Prepares dataset `name` from `manual_dir` into `data_dir`/rcot_images/NAME/1.0.0; returns that path.
     `file_list` keeps the training pairs it names (one degraded image per line, e.g. the official lists)."""
     import tensorflow_datasets as tfds
-    layout = _check_name(name)
+    layout = catalog.layout(name)
     if not os.path.isdir(manual_dir):
         raise ValueError(f"--manual_dir={manual_dir!r} does not exist; expected {layout.layout}")
     final = os.path.join(data_dir, BUILDER, name, VERSION)
@@ -224,52 +150,3 @@ def prepare(name, manual_dir, data_dir, bad_files="error", file_list=""):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-def read_index(name, data_dir=None):
-    """(the prepared dataset's folder, {split: [[name, H, W], ...]}); an error if it was not (fully) prepared."""
-    _check_name(name)
-    data_dir = data_dir or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
-    root = os.path.join(data_dir, BUILDER, name, VERSION)
-    if not os.path.exists(os.path.join(root, INDEX)):
-        raise FileNotFoundError(f"config.data.name={name!r}: no prepared dataset at {root} (prepare it with "
-                                f"python -m rcot_jax.prepare --dataset={name} --manual_dir=DIR "
-                                f"--data_dir={data_dir})")
-    with open(os.path.join(root, INDEX)) as f:
-        return root, json.load(f)
-
-
-class TfdsSource:
-    """A split of a prepared dataset as a source (see `rcot_jax.data.sources`)."""
-    croppable, targets = False, None
-
-    def __init__(self, name, split, data_dir=None):
-        import tensorflow_datasets as tfds
-        layout = _check_name(name)
-        root, index = read_index(name, data_dir)
-        if split not in index:
-            raise ValueError(f"config.data.name={name!r} has no split {split!r}; it has {sorted(index)}")
-        self.kind = "paired" if layout.degradation else "clean"
-        self.degradation = layout.degradation
-        self._source = tfds.builder_from_directory(root).as_data_source(split)
-        self.names = [n for n, _, _ in index[split]]
-        self.sizes = [(h, w) for _, h, w in index[split]]
-        self._indices = list(range(len(self.names)))
-
-    def __len__(self):
-        return len(self._indices)
-
-    def __getitem__(self, index):
-        raw = self._source[self._indices[index]]
-        name = raw["name"].decode()
-        record = {"name": name, "target": sources.decode_image(raw["target"], f"{name} (target)")}
-        if "degraded" in raw:
-            record["degraded"] = sources.decode_image(raw["degraded"], name)
-        return record
-
-    def keep(self, indices):
-        out = copy.copy(self)
-        out._indices = [self._indices[i] for i in indices]
-        out.names = [self.names[i] for i in indices]
-        out.sizes = [self.sizes[i] for i in indices]
-        return out

@@ -1,0 +1,53 @@
+"""Small fabricated inputs the tests share: image files, folders of pairs, copies of the paper's dataset layouts,
+and tiny configs that finish in a few steps."""
+import os
+
+import numpy as np
+from PIL import Image
+
+from rcot_jax.data import catalog
+
+HW = (48, 64)          # fabricated images: small, and one bucket (64 x 64) for every whole-image evaluation
+
+
+def save_image(path, arr=None, hw=HW, seed=0, **kwargs):
+    """Writes `arr` (default: random RGB of size `hw`) to `path`, creating its folder; returns the array."""
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    if arr is None:
+        arr = np.random.default_rng(seed).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(str(path), **kwargs)
+    return arr
+
+
+def rain_folders(root, n=4):
+    """rainy/rain-N.png and gt/norain-N.png under `root` (pathlib); returns (degraded folder, target folder)."""
+    for i in range(1, n + 1):
+        clean = save_image(root / "gt" / f"norain-{i}.png", seed=i)
+        save_image(root / "rainy" / f"rain-{i}.png", np.clip(clean.astype(int) + 40, 0, 255).astype(np.uint8))
+    return str(root / "rainy"), str(root / "gt")
+
+
+def fabricate(name, root, n=2):
+    """A tiny copy of dataset `name`'s layout (real file naming, small random images) under `root`."""
+    layout = catalog.LAYOUTS[name]
+    for split, spec in layout.splits.items():
+        folder = os.path.join(root, spec[0])
+        for i in range(1, n + 1):
+            if len(spec) == 1:
+                save_image(os.path.join(folder, "part", f"img{i:03d}.{'png' if i % 2 else 'jpg'}"), seed=i)
+                continue
+            fields = {"id": f"{i:04d}", "seq": f"GOPR{i % 2:04d}", "beta": "0.8", "a": "0.04"}
+            target = save_image(os.path.join(folder, spec[2].format(**fields) + ".png"), seed=i)
+            small = np.clip(target[::layout.scale, ::layout.scale].astype(int) + 25, 0, 255).astype(np.uint8)
+            save_image(os.path.join(folder, spec[1].format(**fields) + ".png"), small)
+            if "beta" in spec[1]:                                     # many hazy images share one clear image
+                save_image(os.path.join(folder, spec[1].format(**{**fields, "beta": "0.6"}) + ".png"), small)
+    return root
+
+
+def tiny(module, **data):
+    """The `tiny` config of a task module, two steps, with `data` overrides."""
+    c = module.get_config("tiny")
+    c.num_train_steps, c.eval_every_steps, c.checkpoint_every_steps = 2, 2, 2
+    c.data.update(eval_batch_size=4, **data)
+    return c
