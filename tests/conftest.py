@@ -1,5 +1,7 @@
 import os
 
+import pytest
+
 # Before JAX initialises its backend: 8 fake CPU devices and the persistent compilation cache.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".jax_cache"))
@@ -11,3 +13,36 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: subprocess, multi-process and notebook tests; the fast tier is "
                                        "`-m \"not slow\"`")
+
+
+@pytest.fixture(scope="session")
+def tiny_map():
+    """(T, its initial parameters) of the tiny MPRNet denoising config: the map the restore tests run."""
+    import jax
+    from rcot_jax import models
+    from rcot_jax.configs import denoise
+    from rcot_jax.state import init_state
+
+    c = denoise.get_config("tiny")
+    c.model.backbone = "mprnet"
+    t_model, _ = models.build_models(c)
+    return t_model, init_state(c, jax.random.key(0)).t_params
+
+
+@pytest.fixture(scope="session")
+def saved_run(tmp_path_factory):
+    """A run directory as a launch of the tiny deblurring config leaves it before its first step: config.json, its
+    history, and checkpoint 0 of the initial state (no training). Tests must leave it as it is."""
+    from rcot_jax import workdir as workdir_lib
+    from rcot_jax.checkpointing import Checkpointer
+    from rcot_jax.configs import deblur
+    from rcot_jax.data import pipeline
+    from rcot_jax.state import init_state, seed_keys
+
+    config, workdir = deblur.get_config("tiny"), tmp_path_factory.mktemp("saved_run")
+    ckpt = Checkpointer(str(workdir / workdir_lib.CHECKPOINTS), config.keep_checkpoints)
+    ckpt.save(0, init_state(config, seed_keys(config.seed)[0]), iter(pipeline.train_dataset(config)))
+    ckpt.wait()
+    ckpt.close()
+    workdir_lib.record_config(str(workdir), config, first_step=0)
+    return workdir

@@ -3,9 +3,10 @@ and tiny configs that finish in a few steps."""
 import os
 
 import numpy as np
+import skimage.data
 from PIL import Image
 
-from rcot_jax.data import catalog
+from rcot_jax.data import catalog, degradations
 
 HW = (48, 64)          # fabricated images: small, and one bucket (64 x 64) for every whole-image evaluation
 
@@ -17,6 +18,12 @@ def save_image(path, arr=None, hw=HW, seed=0, **kwargs):
         arr = np.random.default_rng(seed).integers(0, 256, (*hw, 3), dtype=np.uint8)
     Image.fromarray(arr).save(str(path), **kwargs)
     return arr
+
+
+def photo(hw):
+    """The astronaut photograph, float32 in [0, 1], resized to `hw`."""
+    img = skimage.data.astronaut().astype(np.float32) / 255
+    return degradations.bicubic_resize(img, hw).clip(0, 1)
 
 
 def rain_folders(root, n=4):

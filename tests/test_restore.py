@@ -1,57 +1,19 @@
-"""Restoring images of any size: tiles vs the whole image, one compilation for every size, modes and bit depths
-kept, unreadable files named and skipped, the command on a trained run."""
+"""rcot_jax.restore: image files and folders in and out (modes and bit depths kept, EXIF and ICC, unreadable files
+named and skipped, outputs that would replace inputs refused), the command on a trained run. The restore path
+itself (tiles, one compilation, the ensemble): tests/test_inference.py."""
 import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
-import skimage.data
 from PIL import Image
 
-from rcot_jax import inference, metrics, models, restore, train
+from fakes import photo
+from rcot_jax import inference, restore, train
 from rcot_jax.configs import denoise
-from rcot_jax.data import degradations
-from rcot_jax.state import init_state
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
-
-
-@pytest.fixture(scope="module")
-def tiny_map():
-    c = denoise.get_config("tiny")
-    c.model.backbone = "mprnet"
-    t_model, _ = models.build_models(c)
-    return t_model, init_state(c, jax.random.key(0)).t_params
-
-
-def _photo(hw):
-    img = skimage.data.astronaut().astype(np.float32) / 255
-    return degradations.bicubic_resize(img, hw).clip(0, 1)
-
-
-def test_tiles_agree_with_the_whole_image(tiny_map):
-    clean = _photo((750, 1000))
-    noisy = degradations.gaussian_noise(clean, np.random.default_rng(0), 25)
-    whole = inference.Restorer(*tiny_map, tile=0)(noisy)
-    tiled = inference.Restorer(*tiny_map, tile=256, overlap=64)(noisy)
-    assert whole.shape == tiled.shape == clean.shape
-    assert abs(metrics.psnr(tiled, clean) - metrics.psnr(whole, clean)) < 0.05
-
-
-def test_one_compilation_for_every_size_and_the_ensemble(tiny_map):
-    restorer = inference.Restorer(*tiny_map, tile=64, overlap=16, batch_size=8)
-    compiled = restorer.apply._cache_size()         # the jitted map is shared by restorers of the same model
-    for hw in ((40, 30), (100, 64), (64, 130), (77, 91)):
-        assert restorer(_photo(hw)).shape == (*hw, 3)
-    assert restorer.apply._cache_size() <= compiled + 1
-    x = _photo((64, 64))
-    ens = inference.Restorer(*tiny_map, tile=0, ensemble=True)
-    flipped = ens(np.ascontiguousarray(x[::-1]))[::-1]
-    np.testing.assert_allclose(ens(x), flipped, atol=1e-5)     # the ensemble is equivariant to the flips
-    model, params = tiny_map
-    np.testing.assert_array_equal(inference.restore(params, x, model, tile=0, ensemble=True), ens(x))
 
 
 def test_modes_and_bit_depths_round_trip(tiny_map, tmp_path):
@@ -89,7 +51,7 @@ def test_the_command_restores_with_a_trained_run(tmp_path):
     c.model.backbone = "mprnet"
     c.num_train_steps = 1
     train.train_and_evaluate(c, str(tmp_path / "run"))
-    Image.fromarray((_photo((70, 90)) * 255).astype(np.uint8)).save(tmp_path / "photo.png")
+    Image.fromarray((photo((70, 90)) * 255).astype(np.uint8)).save(tmp_path / "photo.png")
     proc = subprocess.run([sys.executable, "-m", "rcot_jax.restore", f"--workdir={tmp_path / 'run'}",
                            f"--input={tmp_path / 'photo.png'}", f"--output={tmp_path / 'out'}", "--tile=64"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -1,10 +1,8 @@
-"""The training program end to end on tiny configs and 8 CPU devices: every task trains and evaluates;
-resume, completion, SIGTERM, Ctrl-C, SIGKILL and non-finite losses."""
+"""The training program end to end on tiny configs and 8 CPU devices: a run trains and evaluates, and every task
+feeds it; resume, completion, SIGTERM, Ctrl-C, SIGKILL, non-finite losses, the lock, unreadable checkpoints."""
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,9 +13,9 @@ import pytest
 
 from rcot_jax.configs import allinone, deblur, dehaze, denoise, derain, lowlight, sr
 from rcot_jax import evaluate, train, writers
-from rcot_jax import workdir as workdir_lib
 from rcot_jax.checkpointing import Checkpointer
 from rcot_jax.data import pipeline
+from rcot_jax.ids import degradation_id
 from rcot_jax.state import create_train_state
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -42,21 +40,34 @@ def _restore_latest(config, workdir):
         ckpt.close()
 
 
-@pytest.mark.parametrize("task", sorted(TASKS))
-def test_every_task_trains_and_evaluates(task, tmp_path):
-    config = TASKS[task].get_config("tiny")
+def test_a_run_trains_evaluates_and_writes_its_files(tmp_path):
+    """allinone: every degradation of its mix trained and scored apart."""
+    config = allinone.get_config("tiny")
     state = train.train_and_evaluate(config, str(tmp_path))
     assert int(state.step) == config.num_train_steps == 3
 
     (line,) = _eval_lines(tmp_path)
     assert EVAL_KEYS <= set(line) and line["step"] == 3 and line.pop("profile") == "rgb"
     assert all(np.isfinite(v) for v in line.values())
-    if task == "allinone":
-        assert {f"psnr/{n}" for n in config.data.mix} <= set(line)
+    assert {f"psnr/{n}" for n in config.data.mix} <= set(line)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "3"]
     assert os.listdir(tmp_path / "samples") == ["step_0000003.png"]
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
-    assert json.load(open(tmp_path / "config.json"))["data"]["task"] == task
+    assert json.load(open(tmp_path / "config.json"))["data"]["task"] == "allinone"
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_every_task_feeds_the_same_step_its_own_degradations(task):
+    """What a task changes is the data: its batches fit the step the run above compiles (same networks, same
+    batch shapes), with its degradations' ids, and its held-out set scores those degradations."""
+    config, reference = TASKS[task].get_config("tiny"), allinone.get_config("tiny")
+    assert config.model == reference.model and config.loss == reference.loss and config.optim == reference.optim
+    batch, expected = (next(iter(pipeline.train_dataset(c))) for c in (config, reference))
+    assert {k: (batch[k].shape, batch[k].dtype) for k in train.BATCH_KEYS} == \
+        {k: (expected[k].shape, expected[k].dtype) for k in train.BATCH_KEYS}
+    names = pipeline.degradation_names(config.data)
+    assert set(batch["de_id"]) <= {int(degradation_id(n)) for n in names}      # allinone: a random one each
+    assert sorted(set(pipeline.EvalSet(config).degradations)) == sorted(names)
 
 
 def test_finished_run_is_not_retrained_eval_mode_reproduces_and_a_nan_keeps_the_last_checkpoint(tmp_path, caplog):
@@ -156,41 +167,3 @@ def test_a_missing_image_folder_is_named(tmp_path):
     config.data.train_dir = str(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="config.data.train_dir='.*nowhere' does not exist"):
         train.train_and_evaluate(config, str(tmp_path / "run"))
-
-
-def test_a_workdir_in_use_is_locked_and_a_stale_lock_is_taken_over(tmp_path, caplog):
-    config = deblur.get_config("tiny")
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    try:
-        (tmp_path / workdir_lib.LOCK).write_text(f"{sleeper.pid}@{socket.gethostname()}")
-        with pytest.raises(workdir_lib.WorkdirLocked, match=rf"in use by process {sleeper.pid} .*run.lock"):
-            train.train_and_evaluate(config, str(tmp_path))
-        assert not (tmp_path / "checkpoints").exists()
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-    train.train_and_evaluate(config, str(tmp_path))     # the owner is gone: its lock is stale
-    assert f"Taking over the stale lock {tmp_path / workdir_lib.LOCK} of process {sleeper.pid}" in caplog.text
-    assert not (tmp_path / workdir_lib.LOCK).exists()   # released at the end
-
-
-def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
-    config = deblur.get_config("tiny")
-    config.checkpoint_every_steps = 1
-    config.keep_checkpoints = 5
-    config.num_train_steps = 2
-    train.train_and_evaluate(config, str(tmp_path))
-    files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "checkpoints" / "2") for f in fs]
-    biggest = max(files, key=os.path.getsize)
-    os.truncate(biggest, os.path.getsize(biggest) // 2)
-    config.num_train_steps = 3
-    state = train.train_and_evaluate(config, str(tmp_path))
-    assert int(state.step) == 3
-    assert "checkpoint 2 is unreadable: moved to" in caplog.text and "resuming from checkpoint 1" in caplog.text
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2", "2.unreadable", "3"]
-    shutil.rmtree(tmp_path / "checkpoints" / "1")
-    for step in ("2", "3"):                              # nothing restores: an error, never a fresh start
-        os.truncate(max([os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "checkpoints" / step) for f in fs],
-                        key=os.path.getsize), 10)
-    with pytest.raises(Exception, match="array"):
-        train.train_and_evaluate(config, str(tmp_path))

@@ -1,0 +1,62 @@
+"""rcot_jax.checkpointing: an unreadable newest checkpoint falls back to the previous one (never to a fresh
+start); a failed save's reason in the system's words; the writes a failed save abandons stay out of the log. A failed
+save stopping a run: tests/test_cli.py."""
+import asyncio
+import gc
+import os
+import shutil
+
+import pytest
+
+from rcot_jax import checkpointing, train
+from rcot_jax.configs import deblur
+
+
+def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    config = deblur.get_config("tiny")
+    config.checkpoint_every_steps = 1
+    config.keep_checkpoints = 5
+    config.num_train_steps = 2
+    train.train_and_evaluate(config, str(tmp_path))
+    files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "checkpoints" / "2") for f in fs]
+    biggest = max(files, key=os.path.getsize)
+    os.truncate(biggest, os.path.getsize(biggest) // 2)
+    config.num_train_steps = 3
+    state = train.train_and_evaluate(config, str(tmp_path))
+    assert int(state.step) == 3
+    assert "checkpoint 2 is unreadable: moved to" in caplog.text and "resuming from checkpoint 1" in caplog.text
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2", "2.unreadable", "3"]
+    shutil.rmtree(tmp_path / "checkpoints" / "1")
+    for step in ("2", "3"):                              # nothing restores: an error, never a fresh start
+        os.truncate(max([os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "checkpoints" / step) for f in fs],
+                        key=os.path.getsize), 10)
+    with pytest.raises(Exception, match="array"):
+        train.train_and_evaluate(config, str(tmp_path))
+
+
+@pytest.mark.parametrize("error", [
+    OSError(27, "File too large"),
+    ValueError("Error writing local file \"/r/checkpoints/4.orbax-checkpoint-tmp/state/d/1a\": File too large"),
+    ValueError("Error writing local file \"/r/d/1a\": File too large [os_error_code='27'] "
+               "[tensorstore_spec='{\"driver\":\"zarr\",\"chunks\":[1, 2]}']\nmore"),
+    ValueError("INTERNAL: writing \"/r/d/1a\": File too large [source locations='tensorstore/kvstore/file.cc:1']")])
+def test_a_failed_saves_reason_is_the_systems_words_whatever_the_writer_appends(error):
+    assert checkpointing._reason(error) == "File too large"
+
+
+def test_the_writes_a_failed_save_abandons_log_nothing_when_freed_and_other_asyncio_errors_still_do(caplog, tmp_path):
+    checkpointing.Checkpointer(tmp_path / "checkpoints", keep=1, create=False)    # installs the filters
+    writes = {}
+    exec(compile("async def write(path):\n    raise OSError(27, 'File too large')\n",
+                 "/site-packages/orbax/checkpoint/_src/serialization/fake.py", "exec"), writes)
+
+    async def unrelated():
+        raise ValueError("a bug elsewhere")
+
+    loop = asyncio.new_event_loop()
+    tasks = [loop.create_task(writes["write"]("/r/state/d/1a")), loop.create_task(unrelated())]
+    loop.run_until_complete(asyncio.sleep(0.01))
+    loop.close()
+    del tasks                # each task is freed with its exception never retrieved
+    gc.collect()
+    assert [r.exc_info[0] for r in caplog.records if "never retrieved" in r.getMessage()] == [ValueError]
