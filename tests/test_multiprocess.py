@@ -24,7 +24,7 @@ from rcot_jax.state import create_train_state
 pytestmark = pytest.mark.slow     # multi-process launches
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
-STEPS = 8
+STEPS = 6
 # The tiny config with the tiny MPRNet map, which compiles in half the time of the tiny Restormer.
 FLAGS = ["--config=configs/denoise.py:tiny", "--config.model.backbone=mprnet", "--config.checkpoint_every_steps=2",
          "--config.eval_every_steps=1000", "--config.precision=float64"]
@@ -146,4 +146,5 @@ def test_resumes_across_process_and_device_counts_and_a_kill_end_as_the_run_with
     # Not trivially equal: the steps after the last resume moved the parameters.
     assert max(_relative_differences(_state(run, killed_at), expected).values()) > 1e-4
     evaluation = json.loads((reference / "eval.jsonl").read_text())       # one line: the evaluation at the last step
-    assert json.loads((run / "eval.jsonl").read_text()) == pytest.approx(evaluation, abs=1e-3)
+    last = json.loads((run / "eval.jsonl").read_text().splitlines()[-1])  # after the first launch's, at step 2
+    assert last == pytest.approx(evaluation, abs=1e-3)
