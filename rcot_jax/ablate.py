@@ -168,7 +168,7 @@ def train_group(runs, eval_set, mesh, on_eval=None, compiled=None):
     compiled = {} if compiled is None else compiled
     cfgs = [c for _, c in runs]
     base = cfgs[0]
-    values = {k: np.asarray([workdir_lib.get_key(c, k) for c in cfgs], np.float32) for k in steps.SWEEPABLE}
+    values = jax.tree.map(lambda *v: np.asarray(v, np.float32), *[steps.config_scalars(c) for c in cfgs])
     t0 = time.time()
     states, rngs, step, take = start_group(cfgs, compiled)
     batches = _Batches(cfgs)

@@ -165,7 +165,8 @@ def run_sweep_benchmark(config, num_variants=4, num_steps=10):
     """Time of one vmapped step of K variants (different cond_scale and seed) against K single steps."""
     batch = synthetic_batch(config)
     init_keys, keys = (jnp.stack(k) for k in zip(*(seed_keys(config.seed + i) for i in range(num_variants))))
-    values = {"model.cond_scale": np.linspace(0.0, 1.0, num_variants, dtype=np.float32)}
+    values = {k: np.full(num_variants, v, np.float32) for k, v in steps.config_scalars(config).items()}
+    values["model.cond_scale"] = np.linspace(0.0, 1.0, num_variants, dtype=np.float32)
     states = jit_init(jax.vmap(lambda k: create_train_state(config, k)))(init_keys)
     stacked = jax.tree.map(lambda a: np.stack([a] * num_variants), batch)
     vmapped = jax.jit(steps.sweep_train_step(config), donate_argnums=0)

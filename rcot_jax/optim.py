@@ -31,12 +31,13 @@ def critic_updates_per_step(config):
     return config.critic.n_critic * (2 if config.critic.gp_update == "separate" else 1)
 
 
-def make_optimizers(config):
+def make_optimizers(config, lr_map=None, lr_critic=None):
     """(map optimiser, critic optimiser). Both schedules decay on the *train step*: the critic's optimiser
-    counts its own updates, several per train step, so its count is divided back to train steps."""
+    counts its own updates, several per train step, so its count is divided back to train steps. `lr_map`,
+    `lr_critic` (floats or traced scalars) instead of the config's."""
     o = config.optim
-    t_lr = step_decay(o.lr_map, o.decay_every_steps, o.decay_factor)
-    f_lr_per_step = step_decay(o.lr_critic, o.decay_every_steps, o.decay_factor)
+    t_lr = step_decay(o.lr_map if lr_map is None else lr_map, o.decay_every_steps, o.decay_factor)
+    f_lr_per_step = step_decay(o.lr_critic if lr_critic is None else lr_critic, o.decay_every_steps, o.decay_factor)
     k = critic_updates_per_step(config)
     return (make_optimizer(o.name, t_lr),
             make_optimizer(o.name, lambda count: f_lr_per_step(count // k)))

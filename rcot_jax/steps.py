@@ -17,9 +17,18 @@ from rcot_jax.ids import fourier_exponent
 from rcot_jax.state import RCOTState
 
 FOURIER_EXPONENTS = (0, 1, 2)     # config.loss.fourier_p: 0 = by degradation (ids.fourier_exponent)
-# Scalars a vmapped sweep may vary between variants (besides the seed): they enter the step as traced values.
+# Scalars a vmapped sweep may vary between variants (besides the seed). The step takes them as an explicit pytree,
+# `scalars` {dotted key: value}, by default the config's own (Python floats, folded into the program).
 SWEEPABLE = ("loss.lambda_f", "loss.lambda_pair", "loss.lambda_gp", "model.cond_scale", "optim.lr_map",
              "optim.lr_critic")
+
+
+def config_scalars(config):
+    """{key: config's value} of every SWEEPABLE key: the step's default `scalars`."""
+    def get(key):
+        section, leaf = key.split(".")
+        return config[section][leaf]
+    return {key: get(key) for key in SWEEPABLE}
 
 
 def _psum(tree, axis_name):
@@ -71,16 +80,16 @@ def _micro(config, batch_size):
     return None if k == 1 else losses.MicroBatches(k)
 
 
-def critic_update(state: RCOTState, restored, target, rng, config, axis_name=None):
+def critic_update(state: RCOTState, restored, target, rng, config, axis_name=None, scalars=None):
     """The critic's part of a step: `config.critic.n_critic` iterations on F with T held fixed, given T's
     restorations `restored` of this device's slice and their `target`s. Each iteration is the official scheme, a
     Wasserstein update on mean F(T(x)) - mean F(y) then a gradient-penalty update computed with the
     already-updated critic (`critic.gp_update='joint'`: one update on their sum). `rng` is the step's key.
     Returns (F's parameters, F's optimiser state, {"critic_loss", "gradient_penalty"} of the last iteration)."""
+    s = scalars or config_scalars(config)
     _, f_model = models.build_models(config)
-    _, f_opt = optim.make_optimizers(config)
+    _, f_opt = optim.make_optimizers(config, s["optim.lr_map"], s["optim.lr_critic"])
     k, micro = config.optim.accumulate_steps, _micro(config, restored.shape[0])
-    lc = config.loss
 
     def f_update(f_params, f_opt_state, loss_fn, data):
         """One critic optimiser step on loss_fn(f_params, data) -> (loss, logged values)."""
@@ -100,7 +109,7 @@ def critic_update(state: RCOTState, restored, target, rng, config, axis_name=Non
 
         def gp_loss(fp, d):
             return losses.gradient_penalty(lambda images: f_model.apply(fp, images), d["restored"], d["target"],
-                                           d["alpha"], lc.lambda_gp, axis_name, micro)
+                                           d["alpha"], s["loss.lambda_gp"], axis_name, micro)
 
         if config.critic.gp_update == "separate":
             f_params, f_opt_state, critic = f_update(f_params, f_opt_state, lambda fp, d: (w_loss(fp, d),) * 2, data)
@@ -113,13 +122,14 @@ def critic_update(state: RCOTState, restored, target, rng, config, axis_name=Non
     return f_params, f_opt_state, {"critic_loss": critic, "gradient_penalty": gp}
 
 
-def map_update(state: RCOTState, f_params, batch, restored, config, axis_name=None):
+def map_update(state: RCOTState, f_params, batch, restored, config, axis_name=None, scalars=None):
     """The map's part of a step: one update of T on -mean F(T(x)) + lambda_F (RMSE + Fourier term) + lambda_pair *
     paired L1, with the (updated) critic `f_params` held fixed; only T's parameters are differentiated.
     `restored` is T(x) before the update (its residuals give the whole slice's RMSE before any micro-batch's
     gradient). Returns (T's parameters, T's optimiser state, the transport loss and its terms)."""
-    t_model, f_model = models.build_models(config)
-    t_opt, _ = optim.make_optimizers(config)
+    s = scalars or config_scalars(config)
+    t_model, f_model = models.build_models(config, s["model.cond_scale"])
+    t_opt, _ = optim.make_optimizers(config, s["optim.lr_map"], s["optim.lr_critic"])
     lc = config.loss
     x, y = batch["degraded"], batch["target"]
     k, micro = config.optim.accumulate_steps, _micro(config, x.shape[0])
@@ -134,8 +144,8 @@ def map_update(state: RCOTState, f_params, batch, restored, config, axis_name=No
     def t_loss(t_params, d):
         out = t_model.apply(t_params, d["degraded"])
         loss, terms = losses.transport_loss(
-            f_potential, d["degraded"], out, d["target"], d["paired"], d["p"], lambda_f=lc.lambda_f,
-            lambda_pair=lc.lambda_pair, variant=lc.fourier_variant, axis_name=axis_name, micro=micro)
+            f_potential, d["degraded"], out, d["target"], d["paired"], d["p"], lambda_f=s["loss.lambda_f"],
+            lambda_pair=s["loss.lambda_pair"], variant=lc.fourier_variant, axis_name=axis_name, micro=micro)
         terms["l1"] = losses.batch_mean(jnp.abs(out - d["target"]).mean(axis=(1, 2, 3)), axis_name, micro)
         terms["psnr"] = losses.psnr(out, d["target"], axis_name, micro)
         return loss, terms
@@ -146,15 +156,16 @@ def map_update(state: RCOTState, f_params, batch, restored, config, axis_name=No
     return optax.apply_updates(state.t_params, updates), t_opt_state, {"transport_loss": t_value, **terms}
 
 
-def train_step(state: RCOTState, batch, rng, config, axis_name=None):
+def train_step(state: RCOTState, batch, rng, config, axis_name=None, scalars=None):
     """One RCOT step on this device's slice of the batch: `critic_update`, then `map_update`. `rng` may be the
-    same key every step: it is folded with `state.step`. Returns (new state, metrics), metrics being global over
-    `axis_name`.
+    same key every step: it is folded with `state.step`. `scalars`: {SWEEPABLE key: value} instead of the
+    config's (traced in a sweep). Returns (new state, metrics), metrics being global over `axis_name`.
 
     `config.optim.accumulate_steps` = k > 1 splits the slice into k micro-batches: every optimiser step sums
     their gradients (shares, see losses.py), so it is the same update in less memory.
     """
-    t_model, _ = models.build_models(config)
+    scalars = scalars or config_scalars(config)
+    t_model, _ = models.build_models(config, scalars["model.cond_scale"])
     k = config.optim.accumulate_steps
     x = batch["degraded"]
     _micro(config, x.shape[0])
@@ -164,8 +175,8 @@ def train_step(state: RCOTState, batch, rng, config, axis_name=None):
         return lax.stop_gradient(t_model.apply(state.t_params, images))
 
     restored = t_forward(x) if k == 1 else lax.map(t_forward, _split(x, k)).reshape(x.shape)
-    f_params, f_opt_state, critic = critic_update(state, restored, batch["target"], rng, config, axis_name)
-    t_params, t_opt_state, terms = map_update(state, f_params, batch, restored, config, axis_name)
+    f_params, f_opt_state, critic = critic_update(state, restored, batch["target"], rng, config, axis_name, scalars)
+    t_params, t_opt_state, terms = map_update(state, f_params, batch, restored, config, axis_name, scalars)
     metrics = {
         "critic_loss": critic["critic_loss"], "gradient_penalty": critic["gradient_penalty"],
         "wasserstein": -critic["critic_loss"], "transport_loss": terms["transport_loss"], "cost": terms["cost"],
@@ -178,7 +189,7 @@ def train_step(state: RCOTState, batch, rng, config, axis_name=None):
 
 
 def with_values(config, values):
-    """A copy of `config` with dotted keys set to `values` (scalars or tracers, e.g. {'model.cond_scale': x})."""
+    """A copy of `config` with dotted keys set to `values` (e.g. {'data.batch_size': 16})."""
     config = ml_collections.ConfigDict(config.to_dict(), type_safe=False)
     for key, value in values.items():
         *path, leaf = key.split(".")
@@ -190,9 +201,9 @@ def with_values(config, values):
 
 
 def sweep_train_step(config, axis_name=None):
-    """`train_step` vmapped over a leading variant axis: (states, batches, rngs, values) -> (states, metrics),
-    every argument and result stacked over K variants; `values` maps SWEEPABLE keys to float32[K] (the variant's
-    scalar). K variants that differ only in those scalars and their seeds train in one compiled step."""
-    def one(state, batch, rng, values):
-        return train_step(state, batch, rng, with_values(config, values), axis_name)
+    """`train_step` vmapped over a leading variant axis: (states, batches, rngs, scalars) -> (states, metrics),
+    every argument and result stacked over K variants; `scalars` maps every SWEEPABLE key to float32[K] (the
+    variants' values). K variants that differ only in those scalars and their seeds train in one compiled step."""
+    def one(state, batch, rng, scalars):
+        return train_step(state, batch, rng, config, axis_name, scalars)
     return jax.vmap(one)

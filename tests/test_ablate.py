@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rcot_jax import ablate, losses, models, steps, workdir
+from rcot_jax import ablate, losses, models, steps
 from rcot_jax.configs import denoise
 from rcot_jax.data import pipeline
 from rcot_jax.train import BATCH_KEYS
@@ -35,7 +35,7 @@ def test_vmapped_variants_take_the_steps_they_take_alone():
             for s, c, lr in ((0, 0.0, 4e-4), (1, 0.8, 1e-4))]
     data = [_batches(c, 3) for c in runs]
     keys = [seed_keys(c.seed) for c in runs]
-    values = {k: np.asarray([workdir.get_key(c, k) for c in runs], np.float32) for k in steps.SWEEPABLE}
+    values = jax.tree.map(lambda *v: np.asarray(v, np.float32), *[steps.config_scalars(c) for c in runs])
     states = jit_init(jax.vmap(lambda k: create_train_state(config, k)))(jnp.stack([k[0] for k in keys]))
     sweep = jax.jit(steps.sweep_train_step(config), donate_argnums=0)     # as rcot_jax.ablate compiles it
     for i in range(3):

@@ -21,15 +21,17 @@ def conv_impl(config, platform=None):
     return conv.impl_for(config.model.conv_impl, platform or jax.default_backend())
 
 
-def build_models(config):
-    """(T, F) flax modules from `config.model` and `config.data.patch_size`."""
+def build_models(config, cond_scale=None):
+    """(T, F) flax modules from `config.model` and `config.data.patch_size`; `cond_scale` (a float or a traced
+    scalar) instead of `config.model.cond_scale`."""
     m = config.model
     if config.precision not in PRECISIONS:
         raise ValueError(f"config.precision={config.precision!r}, expected one of {tuple(PRECISIONS)}")
     if config.precision == "float64" and not jax.config.jax_enable_x64:
         raise ValueError("config.precision='float64' needs 64-bit JAX: set JAX_ENABLE_X64=1")
     impl = conv_impl(config)
-    common = dict(two_pass=m.two_pass, cond_scale=m.cond_scale, dtype=PRECISIONS[config.precision],
+    common = dict(two_pass=m.two_pass, cond_scale=m.cond_scale if cond_scale is None else cond_scale,
+                  dtype=PRECISIONS[config.precision],
                   remat=m.remat, conv_impl=impl)
     if m.backbone == "restormer":
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in m.restormer.items()}
