@@ -27,6 +27,8 @@ from rcot_jax.state import create_train_state
 from rcot_jax.weights import checkpoints, files
 
 FLAGS = flags.FLAGS
+
+
 def _define_flags():
     rcot_app.define_config("Config describing the networks (configs/<task>.py[:variant]).")
     paths.DEFINE_path("workdir", None, "Run directory to write (import) or read (export).")
