@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import pathlib
+import shutil
 import signal
 import time
 
@@ -156,11 +157,25 @@ def _setup(config, workdir, held):
 
 def train_and_evaluate(config, workdir):
     """Trains (or resumes) to `config.num_train_steps`, evaluating and checkpointing along the way; the workdir is
-    locked against a second run meanwhile."""
+    locked against a second run meanwhile. A launch that created the workdir and fails (or is interrupted) before
+    its first checkpoint removes it again: nothing is left that looks like a run (e.g. a truncated image found by
+    the first batch)."""
     if config.parallel.wrapper == "pmap" and jax.process_count() > 1:
         raise ValueError("config.parallel.wrapper='pmap' runs on one process; use 'shard_map' across processes")
-    with contextlib.ExitStack() as held:
-        return _train_and_evaluate(config, os.path.abspath(workdir), held)
+    workdir = os.path.abspath(workdir)
+    created = not os.path.exists(workdir)
+    try:
+        with contextlib.ExitStack() as held:
+            return _train_and_evaluate(config, workdir, held)
+    except BaseException:
+        checkpoints = os.path.join(workdir, workdir_lib.CHECKPOINTS)
+        if created and jax.process_index() == 0 and not any(n.isdigit() for n in _listdir(checkpoints)):
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def _listdir(path):
+    return os.listdir(path) if os.path.isdir(path) else []
 
 
 def _train_and_evaluate(config, workdir, held):

@@ -1,5 +1,5 @@
-"""The program as a user runs it: config paths from any directory, eval of a workdir, failed launches that leave
-nothing behind, errors without tracebacks, failed checkpoint saves."""
+"""The programs as a user runs them: config paths from any directory, eval of a workdir, errors without tracebacks,
+a failed checkpoint save, every command's --help. Failed launches leaving a workdir as it was: test_workdir.py."""
 import json
 import os
 import resource

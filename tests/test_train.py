@@ -1,5 +1,6 @@
 """The training program end to end on tiny configs and 8 CPU devices: a run trains and evaluates, and every task
-feeds it; resume, completion, SIGTERM, Ctrl-C, SIGKILL, non-finite losses, the lock, unreadable checkpoints."""
+feeds it; resume, completion, SIGTERM, Ctrl-C, SIGKILL, non-finite losses, an image that fails at the first batch.
+The lock: test_workdir.py; unreadable checkpoints: test_checkpointing.py."""
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from fakes import save_image
 from rcot_jax.configs import allinone, deblur, dehaze, denoise, derain, lowlight, sr
 from rcot_jax import evaluate, train, writers
 from rcot_jax.checkpointing import Checkpointer
@@ -160,6 +162,22 @@ def test_sigkill_then_rerun_finishes_the_run(tmp_path, caplog):
     assert "Resumed from" in caplog.text
     assert int(state.step) == 6
     assert [line["step"] for line in _eval_lines(tmp_path)] == [6]
+
+
+def test_an_image_that_fails_to_decode_at_the_first_batch_leaves_no_workdir(tmp_path):
+    """Its header reads (so the folder is accepted), its pixels are cut off: the first batch meets it. Under
+    `bad_files=skip` every file is decoded when the folder is read, and the launch trains without it."""
+    data = (tmp_path / "photo.jpg", save_image(tmp_path / "photo.jpg", hw=(64, 64), quality=95))[0].read_bytes()
+    save_image(tmp_path / "images" / "fine.png", hw=(64, 64))
+    (tmp_path / "images" / "cut.jpg").write_bytes(data[:len(data) // 2])
+    config = deblur.get_config("tiny")
+    config.num_train_steps = 1
+    config.data.update(source="clean_folder", train_dir=str(tmp_path / "images"))
+    with pytest.raises(ValueError, match=r"cut.jpg: cannot decode image"):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+    config.data.bad_files = "skip"
+    assert int(train.train_and_evaluate(config, str(tmp_path / "run")).step) == 1
 
 
 def test_a_missing_image_folder_is_named(tmp_path):
