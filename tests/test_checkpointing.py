@@ -8,12 +8,12 @@ import shutil
 
 import pytest
 
+from fakes import loop_config
 from rcot_jax import checkpointing, train
-from rcot_jax.configs import deblur
 
 
 def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
-    config = deblur.get_config("tiny")
+    config = loop_config()
     config.checkpoint_every_steps = 1
     config.keep_checkpoints = 5
     config.num_train_steps = 2

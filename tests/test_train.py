@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from fakes import save_image
+from fakes import loop_config, save_image
 from rcot_jax.configs import allinone, deblur, dehaze, denoise, derain, lowlight, sr
 from rcot_jax import evaluate, train, writers
 from rcot_jax.checkpointing import Checkpointer
@@ -73,7 +73,7 @@ def test_every_task_feeds_the_same_step_its_own_degradations(task):
 
 
 def test_finished_run_is_not_retrained_eval_mode_reproduces_and_a_nan_keeps_the_last_checkpoint(tmp_path, caplog):
-    config = deblur.get_config("tiny")
+    config = loop_config()
     train.train_and_evaluate(config, str(tmp_path))
     caplog.set_level("INFO")
     state = train.train_and_evaluate(config, str(tmp_path))
@@ -100,8 +100,8 @@ def test_a_non_finite_loss_is_reported_with_its_step_and_name():
 
 def _launch(workdir, *overrides):
     return subprocess.Popen(
-        [sys.executable, "-m", "rcot_jax.main", "--config=configs/deblur.py:tiny", f"--workdir={workdir}",
-         "--config.num_train_steps=1000", "--config.eval_every_steps=1000", *overrides],
+        [sys.executable, "-m", "rcot_jax.main", "--config=configs/deblur.py:tiny", "--config.model.backbone=mprnet",
+         f"--workdir={workdir}", "--config.num_train_steps=1000", "--config.eval_every_steps=1000", *overrides],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -125,7 +125,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, out[-3000:]
     assert "Traceback" not in out and "Exception ignored" not in out, out[-3000:]
-    step, restored = _restore_latest(deblur.get_config("tiny"), str(tmp_path))
+    step, restored = _restore_latest(loop_config(), str(tmp_path))
     assert step >= 2 and int(restored.step) == step
     assert out.strip().splitlines()[-1] == (f"rcot_jax.main: interrupted (Ctrl-C) after step {step}; its checkpoint "
                                             f"is saved in {tmp_path}/checkpoints: run the same command to resume")
@@ -133,7 +133,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
 
 def test_sigterm_saves_a_checkpoint_and_returns(tmp_path, monkeypatch):
     """Preemption (in this process: SIGTERM sent to itself at step 2) saves the step it stopped at."""
-    config = deblur.get_config("tiny")
+    config = loop_config()
     config.num_train_steps, config.eval_every_steps, config.checkpoint_every_steps = 1000, 1000, 1000
     report = writers.ReportProgress.__call__
 
@@ -144,7 +144,7 @@ def test_sigterm_saves_a_checkpoint_and_returns(tmp_path, monkeypatch):
     monkeypatch.setattr(writers.ReportProgress, "__call__", report_and_signal)
     previous = signal.getsignal(signal.SIGTERM)
     state = train.train_and_evaluate(config, str(tmp_path))
-    step, restored = _restore_latest(deblur.get_config("tiny"), str(tmp_path))
+    step, restored = _restore_latest(loop_config(), str(tmp_path))
     assert int(state.step) == step == int(restored.step) == 2
     assert signal.getsignal(signal.SIGTERM) == previous     # the handler is removed again
 
@@ -155,7 +155,7 @@ def test_sigkill_then_rerun_finishes_the_run(tmp_path, caplog):
     _wait_for(proc, "] [5] train/")          # saving 4 waited for 2 to finish; 4 may be in flight
     proc.kill()
     proc.wait()
-    config = deblur.get_config("tiny")
+    config = loop_config()
     config.num_train_steps, config.eval_every_steps = 6, 1000
     caplog.set_level("INFO")
     state = train.train_and_evaluate(config, str(tmp_path))
@@ -170,7 +170,7 @@ def test_an_image_that_fails_to_decode_at_the_first_batch_leaves_no_workdir(tmp_
     data = (tmp_path / "photo.jpg", save_image(tmp_path / "photo.jpg", hw=(64, 64), quality=95))[0].read_bytes()
     save_image(tmp_path / "images" / "fine.png", hw=(64, 64))
     (tmp_path / "images" / "cut.jpg").write_bytes(data[:len(data) // 2])
-    config = deblur.get_config("tiny")
+    config = loop_config()
     config.num_train_steps = 1
     config.data.update(source="clean_folder", train_dir=str(tmp_path / "images"))
     with pytest.raises(ValueError, match=r"cut.jpg: cannot decode image"):

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from fakes import loop_config
 from rcot_jax import train
 from rcot_jax import workdir as workdir_lib
 from rcot_jax.configs import deblur
@@ -55,7 +56,7 @@ def test_a_relaunch_with_other_model_keys_is_refused_and_other_data_keys_warned(
 
 
 def test_a_workdir_in_use_is_locked_and_a_stale_lock_is_taken_over(tmp_path, caplog):
-    config = deblur.get_config("tiny")
+    config = loop_config()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
         (tmp_path / workdir_lib.LOCK).write_text(f"{sleeper.pid}@{socket.gethostname()}")
