@@ -3,7 +3,7 @@ import os
 import pytest
 
 # Before JAX initialises its backend: 8 fake CPU devices, unoptimised machine code (the suite's time is mostly XLA
-# compiling programs it runs a few times: a quarter less time), and the persistent compilation cache.
+# compiling programs it runs a few times: experiments/benchmarks.md#test-suite), and the persistent compilation cache.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
