@@ -39,7 +39,9 @@ setup(
         # Compiling the train step for a TPU slice on any host (`rcot_jax.benchmark --mode=aot`): libtpu, pinned
         # by the installed jax's own `tpu` extra (jax 0.10.2: libtpu 0.0.42.*, 0.7 GB installed).
         "tpu-aot": ["jax[tpu]>=0.10.2"],
-        "test": ["pytest>=9.2", "pytest-xdist>=3.8", "torch==2.13.0",
+        # ONNX exports (`rcot_jax.export --format=onnx`) and running them (`restore --exported=map.onnx`)
+        "onnx": ["onnx>=1.23", "onnxruntime>=1.32"],
+        "test": ["pytest>=9.2", "pytest-xdist>=3.8", "torch==2.13.0", "onnx>=1.23", "onnxruntime>=1.32",
                  # the notebook test executes notebooks/ headless
                  "nbclient>=0.11", "nbformat>=5.11", "ipykernel>=7.4", "jupytext>=1.19"],
     },

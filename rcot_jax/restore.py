@@ -3,9 +3,11 @@
   python -m rcot_jax.restore --workdir=W --input=photo.jpg --output=restored/
   python -m rcot_jax.restore --workdir=W --input=folder/ --output=restored/ --tile=512 --overlap=64 --ensemble
   python -m rcot_jax.restore --checkpoint=model.pth --config=configs/derain.py --input=... --output=...
+  python -m rcot_jax.restore --exported=map.jax_exported --input=... --output=...   (or map.onnx)
 
 `--workdir` takes the run's config and its latest checkpoint; `--checkpoint` a checkpoint directory of a run or an
-official RCOT file (.pth/.safetensors, with `--config` describing its networks). PNG, JPEG, TIFF, BMP and WebP of
+official RCOT file (.pth/.safetensors, with `--config` describing its networks); `--exported` a file
+`rcot_jax.export` wrote (a fixed-size export sets the tile and batch). PNG, JPEG, TIFF, BMP and WebP of
 any size and mode: the output has the input's size, mode and format (greyscale stays greyscale (the restored
 image's luma), RGBA keeps its alpha, 16-bit PNG/TIFF stay 16-bit; CMYK comes out RGB). The map does not take the
 degradation id (it only sets the training cost's exponent), so one command serves any degradation the model knows.
@@ -31,11 +33,15 @@ def _define_flags():
     paths.DEFINE_path("workdir", None, "A training run: its config.json and latest checkpoint.")
     paths.DEFINE_path("checkpoint", None, "Instead of --workdir: a run's checkpoint directory, or an official "
                         ".pth/.safetensors file; needs --config.")
+    paths.DEFINE_path("exported", None, "Instead of --workdir: a map rcot_jax.export wrote (StableHLO, or "
+                      "ONNX: *.onnx).")
     rcot_app.define_config("With --checkpoint, or a --workdir without config.json: the config describing the "
                            "networks.")
-    flags.DEFINE_integer("tile", 256, "Tile size (a multiple of 16); 0 = the whole image at once.")
+    flags.DEFINE_integer("tile", 256, "Tile size (a multiple of 16); 0 = the whole image at once. A fixed-size "
+                         "--exported map: its size (the default).")
     flags.DEFINE_integer("overlap", 32, "Pixels shared by neighbouring tiles, blended linearly.")
-    flags.DEFINE_integer("batch_size", 4, "Tiles per call (rounded up to a multiple of the local devices).")
+    flags.DEFINE_integer("batch_size", 4, "Tiles per call (rounded up to a multiple of the local devices). A "
+                         "fixed-size --exported map: its batch (the default).")
     flags.DEFINE_boolean("ensemble", False, "x8 geometric self-ensemble (8x slower).")
     flags.DEFINE_boolean("overwrite", False, "Replace existing output files.")
     rcot_app.define_jax_flags()
@@ -163,13 +169,17 @@ def restore_files(restorer, inputs, output, overwrite=False):
 
 
 def main(argv):
-    if bool(FLAGS.workdir) == bool(FLAGS.checkpoint):
-        raise app.UsageError("give exactly one of --workdir and --checkpoint")
+    if sum(map(bool, (FLAGS.workdir, FLAGS.checkpoint, FLAGS.exported))) != 1:
+        raise app.UsageError("give exactly one of --workdir, --checkpoint and --exported")
     from rcot_jax import inference
     inputs = list_inputs(FLAGS.input)
     check_output(inputs, FLAGS.output)
-    model, params = load_map(FLAGS.workdir, FLAGS.checkpoint, FLAGS.config)
-    restorer = inference.Restorer(model, params, FLAGS.tile, FLAGS.overlap, FLAGS.batch_size, FLAGS.ensemble)
+    if FLAGS.exported:
+        given = {k: FLAGS[k].value for k in ("tile", "batch_size") if FLAGS[k].present}
+        restorer = inference.load_exported(FLAGS.exported, overlap=FLAGS.overlap, ensemble=FLAGS.ensemble, **given)
+    else:
+        model, params = load_map(FLAGS.workdir, FLAGS.checkpoint, FLAGS.config)
+        restorer = inference.Restorer(model, params, FLAGS.tile, FLAGS.overlap, FLAGS.batch_size, FLAGS.ensemble)
     written, existing, failed = restore_files(restorer, inputs, FLAGS.output, FLAGS.overwrite)
     logging.info("Restored %d image(s) into %s%s%s", len(written), FLAGS.output,
                  f"; {len(existing)} kept (exist; --overwrite replaces them)" if existing else "",

@@ -153,7 +153,7 @@ def test_a_failed_save_stops_the_run_with_one_message_and_keeps_the_last_checkpo
 
 # --- every command ---------------------------------------------------------------------------------------------
 
-COMMANDS = ("main", "restore", "convert", "benchmark", "ablate", "prepare")
+COMMANDS = ("main", "restore", "convert", "export", "benchmark", "ablate", "prepare")
 
 
 def _command(name, *args, cwd=ROOT):
@@ -167,8 +167,8 @@ def test_help_lists_the_commands_flags_and_exits_0(name):
     result = _command(name, "--help")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--[no]traceback" in result.stdout
-    own = {"main": "--workdir", "restore": "--input", "convert": "--export", "benchmark": "--topology",
-           "ablate": "--grid", "prepare": "--manual_dir"}[name]
+    own = {"main": "--workdir", "restore": "--exported", "convert": "--export", "export": "--[no]polymorphic",
+           "benchmark": "--topology", "ablate": "--grid", "prepare": "--manual_dir"}[name]
     assert own in result.stdout
     assert ("--compilation_cache" in result.stdout) == (name != "prepare")       # every command that compiles
     assert ("--coordinator_address" in result.stdout) == (name == "main")         # the command that trains a run
