@@ -4,14 +4,17 @@
   python -m rcot_jax.export --workdir=W --format=onnx --height=512 --width=512 --output=map.onnx
   python -m rcot_jax.export --checkpoint=model.pth --config=configs/derain.py --format=onnx ... (an official file)
 
-The map is T's two passes on float32 NHWC images in [0, 1], clipped to [0, 1] (`inference.restoring`), with XLA's
-own convolutions (`conv_impl='xla'`, the same values as the CPU-tuned ones). The parameters are inside the file.
-- `stablehlo`: `jax.export`, serialized; lowered for `--platforms` (default cpu, cuda and tpu). `--polymorphic`:
+The map is T's two passes on float32 NHWC images in [0, 1], clipped to [0, 1] (`inference.restoring`); the
+parameters are inside the file.
+- `stablehlo`: `jax.export`, serialized; lowered for `--platforms` (default cpu, cuda and tpu), each with the
+  convolutions `conv_impl=auto` gives it (this project's on CPU, XLA's on GPU and TPU). `--polymorphic`:
   symbolic batch, height and width (height and width multiples of 16, as `inference` pads); otherwise
-  `--batch_size` x `--height` x `--width`. Load it with `jax.export.deserialize(open(PATH, 'rb').read()).call(x)`
-  or `rcot_jax.inference.load_exported(PATH)(image)`.
-- `onnx`: opset 18 (`rcot_jax.to_onnx`); input `image` [batch, H, W, 3], output `restored`, the batch axis dynamic,
-  height and width fixed by `--height` / `--width`; its metadata holds a SHA-256 of the graph.
+  `--batch_size` x `--height` x `--width`. Load it with `rcot_jax.inference.load_exported(PATH)(image)`, or
+  without rcot_jax: `jax.export.deserialize(bytearray(open(PATH, 'rb').read())).call(x)` (the file ends with a
+  SHA-256 of the serialization, which jax ignores and load_exported checks).
+- `onnx`: opset 18 (`rcot_jax.to_onnx`; XLA's convolutions, as ONNX Conv); input `image` [batch, H, W, 3], output
+  `restored`; the batch axis always dynamic, height and width too with `--polymorphic` (multiples of 16), else
+  fixed by `--height` / `--width`; its metadata holds a SHA-256 of the graph.
 `python -m rcot_jax.restore --exported=PATH` restores images with either. The file is written whole or not at all.
 """
 import functools
@@ -40,7 +43,7 @@ def _define_flags():
     flags.DEFINE_integer("height", 0, "Input height (a multiple of 16) of a fixed-size export.")
     flags.DEFINE_integer("width", 0, "Input width (a multiple of 16) of a fixed-size export.")
     flags.DEFINE_integer("batch_size", 1, "Batch of a fixed-size stablehlo export (ONNX keeps the batch dynamic).")
-    flags.DEFINE_boolean("polymorphic", False, "stablehlo: symbolic batch, height and width.")
+    flags.DEFINE_boolean("polymorphic", False, "Symbolic batch, height and width (multiples of 16).")
     flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"], "stablehlo: the platforms to lower for.")
     flags.DEFINE_boolean("overwrite", False, "Replace an existing --output.")
     rcot_app.define_jax_flags()
@@ -63,14 +66,19 @@ def input_shape(height, width, batch_size, polymorphic):
     return (batch_size, height, width, 3)
 
 
-def restoring_fn(model, params):
-    """The function an export holds: `inference.restoring` with XLA's own convolutions, the parameters closed in."""
-    return functools.partial(inference.restoring, model.clone(conv_impl="xla"), params)
+def restoring_fn(model, params, conv_impl):
+    """The function an export holds: `inference.restoring` with the parameters closed in and the convolutions of
+    `conv_impl` ('xla' or 'custom')."""
+    return functools.partial(inference.restoring, model.clone(conv_impl=conv_impl), params)
 
 
 def stablehlo(model, params, shape, platforms=("cpu", "cuda", "tpu")):
-    """The serialized `jax.export` of the restoring map for inputs of `shape`."""
-    fn = jax.jit(restoring_fn(model, params))
+    """The serialized `jax.export` of the restoring map for inputs of `shape`. Each platform runs the convolutions
+    `conv_impl='auto'` gives it, chosen where the export runs (`lax.platform_dependent`): XLA's own on GPU and TPU,
+    this project's on CPU, where XLA's grouped (depthwise) convolutions made a 512x512 tile of the paper's map 4.8x
+    slower (experiments/benchmarks.md)."""
+    cpu, other = restoring_fn(model, params, "custom"), restoring_fn(model, params, "xla")
+    fn = jax.jit(lambda x: jax.lax.platform_dependent(x, cpu=cpu, default=other))
     exported = jax.export.export(fn, platforms=tuple(platforms))(jax.ShapeDtypeStruct(shape, jnp.float32))
     return inference.seal(exported.serialize())
 
@@ -78,7 +86,7 @@ def stablehlo(model, params, shape, platforms=("cpu", "cuda", "tpu")):
 def onnx_model(model, params, shape):
     """The serialized ONNX model of the restoring map for inputs of `shape` (the batch left dynamic)."""
     from rcot_jax import to_onnx
-    return to_onnx.convert(restoring_fn(model, params), shape).SerializeToString()
+    return to_onnx.convert(restoring_fn(model, params, "xla"), shape).SerializeToString()
 
 
 def write_atomic(path, data):
@@ -104,9 +112,6 @@ def check_output(path, fmt, overwrite):
 def main(argv):
     if bool(FLAGS.workdir) == bool(FLAGS.checkpoint):
         raise app.UsageError("give exactly one of --workdir and --checkpoint")
-    if FLAGS.format == "onnx" and FLAGS.polymorphic:
-        raise app.UsageError("--format=onnx keeps the batch dynamic and fixes height and width: give --height and "
-                             "--width instead of --polymorphic")
     check_output(FLAGS.output, FLAGS.format, FLAGS.overwrite)
     shape = input_shape(FLAGS.height, FLAGS.width, FLAGS.batch_size, FLAGS.polymorphic)
     from rcot_jax.restore import load_map
@@ -116,8 +121,8 @@ def main(argv):
             stablehlo(model, params, shape, FLAGS.platforms))
     write_atomic(FLAGS.output, data)
     dims = ("batch", *shape[1:]) if FLAGS.format == "onnx" else shape
-    logging.info("Wrote %s (%s, input %s, %.1f MB) in %.1f s", FLAGS.output, FLAGS.format,
-                 "x".join(map(str, dims)), len(data) / 1e6, time.perf_counter() - start)
+    logging.info("Wrote %s (%s, input [%s], %.1f MB) in %.1f s", FLAGS.output, FLAGS.format,
+                 ", ".join(map(str, dims)), len(data) / 1e6, time.perf_counter() - start)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 """A JAX function of one image batch -> an ONNX model, by translating its jaxpr primitive by primitive.
 
 Written here rather than taken from jax2onnx: jax2onnx 0.17.1 pins orbax-checkpoint<0.11.37 (this project runs
-0.12) and installs equinox, dm-pix, huggingface-hub, netron and orbax-export with it, and its `concatenate` drops
-symbolic sizes. The primitives of both restoring maps (MPRNet and Restormer) are few; each maps onto one or a few
-ONNX operators (opset 18). The batch axis stays dynamic (ONNX dimension `batch`); height and width are those of the
-example input. A primitive with no translation is an error naming it and the layer (flax module path) it is in.
+0.12), installs equinox, dm-pix, huggingface-hub, netron and orbax-export with it, and its `concatenate` drops
+symbolic sizes (it cannot trace the MPRNet map at symbolic sizes). The primitives of both restoring maps (MPRNet and
+Restormer) are few; each maps onto one or a few ONNX operators (opset 18). The batch axis stays dynamic (ONNX
+dimension `batch`); so do height and width where the input's shape leaves them symbolic (`16*h`: ONNX dimensions
+`height`, `width`), and every size derived from them (`4*h - 1`, `256*h*w`) is computed from the input's shape at
+run time. A primitive with no translation is an error naming it and the layer (flax module path) it is in.
 
     model = convert(lambda x: restoring(t_model, params, x), (1, 256, 256, 3))
+    model = convert(..., jax.export.symbolic_shape("b, 16*h, 16*w, 3"))
 """
 import re
 
@@ -55,27 +58,41 @@ class _Graph:
         return outs if outputs > 1 else outs[0]
 
 
-_BATCH_DIM = re.compile(r"^(?:(\d+)\*)?b$")
+_TERM = re.compile(r"([+-]?)\s*([^+-]+)")
 
 
 class _Converter:
-    def __init__(self, graph, batch_size):
+    def __init__(self, graph, symbols):
         self.g = graph
-        self.batch = batch_size     # the runtime batch as a 1-element int64 tensor's name
+        self.symbols = symbols      # {dimension variable: its runtime value, a 1-element int64 tensor's name}
+
+    def dim(self, d, layer):
+        """A 1-element int64 tensor holding the size `d`: an int, or a symbolic size (a sum of products of integers
+        and dimension variables, e.g. `4*h - 1`, `256*h*w`) computed from the input's shape at run time."""
+        if isinstance(d, int):
+            return self.g.const([d], np.int64)
+        total = None
+        for sign, term in _TERM.findall(str(d).replace(" ", "")):
+            k, value = -1 if sign == "-" else 1, None
+            for factor in term.split("*"):
+                if factor.isdigit():
+                    k *= int(factor)
+                elif factor in self.symbols:
+                    value = self.symbols[factor] if value is None else self.g.op("Mul", [value, self.symbols[factor]],
+                                                                                 layer)
+                else:
+                    raise UnsupportedPrimitive(f"the size {d} in layer {layer}: '{factor}' is not a dimension "
+                                               f"variable of the input ({', '.join(self.symbols)})")
+            term = self.g.const([k], np.int64) if value is None else \
+                value if k == 1 else self.g.op("Mul", [value, self.g.const([k], np.int64)], layer)
+            total = term if total is None else self.g.op("Add", [total, term], layer)
+        return total
 
     def shape(self, dims, layer):
-        """A 1-D int64 tensor of `dims`, where a symbolic dim (k*b) is computed from the input's batch."""
-        parts = []
-        for d in dims:
-            if isinstance(d, int):
-                parts.append(self.g.const([d], np.int64))
-                continue
-            m = _BATCH_DIM.match(str(d).replace(" ", ""))
-            if not m:
-                raise UnsupportedPrimitive(f"a size {d} that is not a multiple of the batch, in layer {layer}")
-            parts.append(self.g.op("Mul", [self.batch, self.g.const([int(m.group(1) or 1)], np.int64)], layer)
-                         if m.group(1) else self.batch)
-        return parts[0] if len(parts) == 1 else self.g.op("Concat", parts, layer, axis=0)
+        """A 1-D int64 tensor of the sizes `dims` (see `dim`)."""
+        if all(isinstance(d, int) for d in dims):
+            return self.g.const(list(dims), np.int64)
+        return self.g.op("Concat", [self.dim(d, layer) for d in dims], layer, axis=0)
 
     def run(self, jaxpr, consts, inputs):
         """Translates `jaxpr` (consts, inputs: ONNX names of its constvars and invars); returns its outputs' names."""
@@ -90,13 +107,20 @@ class _Converter:
             layer = str(eqn.source_info.name_stack) or "top level"
             rule = RULES.get(eqn.primitive.name)
             if rule is None:
-                where = jax._src.source_info_util.summarize(eqn.source_info)
                 raise UnsupportedPrimitive(f"no ONNX translation for the primitive '{eqn.primitive.name}' in layer "
-                                           f"{layer} ({where}); export with --format=stablehlo instead")
+                                           f"{layer}{_where(eqn)}; export with --format=stablehlo instead")
             outs = rule(self, [read(v) for v in eqn.invars], eqn, layer)
             outs = outs if isinstance(outs, list) else [outs]
             env.update(zip(eqn.outvars, outs))
         return [read(v) for v in jaxpr.outvars]
+
+
+def _where(eqn):
+    """' (file:line (function))' of the user code that made `eqn`, where this JAX version tells."""
+    try:
+        return f" ({jax._src.source_info_util.summarize(eqn.source_info)})"
+    except Exception:   # noqa: BLE001 - a private helper; the layer alone still names the place
+        return ""
 
 
 def _inner(key):
@@ -171,12 +195,15 @@ def _slice(c, ins, eqn, layer):
     starts, limits = eqn.params["start_indices"], eqn.params["limit_indices"]
     strides = eqn.params["strides"] or (1,) * len(shape)
     axes = [i for i in range(len(shape)) if (starts[i], limits[i], strides[i]) != (0, shape[i], 1)]
-    if any(not isinstance(v, int) for i in axes for v in (starts[i], limits[i])):
-        raise UnsupportedPrimitive(f"a slice of a symbolic axis, in layer {layer}")
     if not axes:
         return c.g.op("Identity", ins, layer)
-    return c.g.op("Slice", [ins[0], *(c.g.const([seq[i] for i in axes], np.int64) for seq in
-                                      (starts, limits, range(len(shape)), strides))], layer)
+    return c.g.op("Slice", [ins[0], c.shape([starts[i] for i in axes], layer), c.shape([limits[i] for i in axes], layer),
+                            c.g.const(axes, np.int64), c.g.const([strides[i] for i in axes], np.int64)], layer)
+
+
+def _dim_as_value(c, ins, eqn, layer):
+    value = c.g.op("Squeeze", [c.dim(eqn.params["dim"], layer), c.g.const([0], np.int64)], layer)
+    return c.g.op("Cast", [value], layer, to=_onnx_dtype(eqn.outvars[0].aval.dtype))
 
 
 def _concatenate(c, ins, eqn, layer):
@@ -240,27 +267,38 @@ RULES = {
     "copy": _elementwise("Identity"), "stop_gradient": _elementwise("Identity"),
     "reduce_sum": _reduce("ReduceSum"), "reduce_max": _reduce("ReduceMax"),
     "broadcast_in_dim": _broadcast_in_dim, "reshape": _reshape, "squeeze": _squeeze, "transpose": _transpose,
-    "slice": _slice, "concatenate": _concatenate, "stack": _stack, "split": _split, "dot_general": _dot_general,
+    "slice": _slice, "dim_as_value": _dim_as_value, "concatenate": _concatenate, "stack": _stack, "split": _split, "dot_general": _dot_general,
     "conv_general_dilated": _conv,
     "jit": _inner("jaxpr"), "remat2": _inner("jaxpr"), "custom_jvp_call": _inner("call_jaxpr"),
 }
 
 
 def convert(fn, shape, name="rcot_jax"):
-    """ONNX ModelProto of `fn` (float32 [B, H, W, C] -> one array) for inputs of `shape` (its first size is only an
-    example: the batch stays dynamic). Constants `fn` closes over (the parameters) become initializers."""
-    spec = jax.ShapeDtypeStruct(export.symbolic_shape("b") + tuple(shape[1:]), jnp.float32)
+    """ONNX ModelProto of `fn` (float32 [B, H, W, C] -> one array) for inputs of `shape`: integer sizes, or symbolic
+    ones (`jax.export.symbolic_shape`, each `k*var`) that stay dynamic in the model. The batch is dynamic whatever
+    `shape` says. Constants `fn` closes over (the parameters) become initializers."""
+    batch, = export.symbolic_shape("b")
+    spec = jax.ShapeDtypeStruct((shape[0] if not isinstance(shape[0], int) else batch, *shape[1:]), jnp.float32)
     closed = jax.make_jaxpr(fn)(spec)
     g = _Graph()
-    batch = g.op("Shape", [INPUT], "input", start=0, end=1)
-    c = _Converter(g, batch)
-    out, = c.run(closed.jaxpr, [g.const(np.asarray(k)) for k in closed.consts], [INPUT])
+    names, symbols = [], {}
+    for axis, d in enumerate(spec.shape):      # each dimension variable solved from the input's shape at run time
+        if isinstance(d, int):
+            names.append(d)
+            continue
+        k, var = (str(d).split("*") if "*" in str(d) else ("1", str(d)))
+        size = g.op("Shape", [INPUT], "input", start=axis, end=axis + 1)
+        symbols[var] = size if k == "1" else g.op("Div", [size, g.const([int(k)], np.int64)], "input")
+        names.append({0: BATCH, 1: "height", 2: "width"}.get(axis, var))
+    out, = _Converter(g, symbols).run(closed.jaxpr, [g.const(np.asarray(k)) for k in closed.consts], [INPUT])
     g.nodes.append(helper.make_node("Identity", [out], [OUTPUT], name="output"))
     out_aval = closed.out_avals[0]
+    out_names = names if tuple(out_aval.shape) == spec.shape else [d if isinstance(d, int) else str(d)
+                                                                    for d in out_aval.shape]
     graph = helper.make_graph(
         g.nodes, name,
-        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [BATCH, *shape[1:]])],
-        [helper.make_tensor_value_info(OUTPUT, _onnx_dtype(out_aval.dtype), [BATCH, *out_aval.shape[1:]])],
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, names)],
+        [helper.make_tensor_value_info(OUTPUT, _onnx_dtype(out_aval.dtype), out_names)],
         g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="rcot_jax")
     helper.set_model_props(model, {ONNX_DIGEST: digest(graph.SerializeToString())})   # checked by load_exported

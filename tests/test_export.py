@@ -46,11 +46,16 @@ def test_a_polymorphic_stablehlo_export_reproduces_the_restorer(tiny_maps, tmp_p
     np.testing.assert_allclose(tiled(x), inference.Restorer(model, params, tile=32, overlap=8)(x), atol=1e-5)
 
 
-def test_an_onnx_export_run_by_onnxruntime_reproduces_the_restorer(tiny_maps, tmp_path):
+def test_onnx_exports_run_by_onnxruntime_reproduce_the_restorer(tiny_maps, tmp_path):
     pytest.importorskip("onnxruntime")
     model, params = tiny_maps
-    path = _save(tmp_path / "map.onnx", export.onnx_model(model, params, export.input_shape(32, 48, 1, False)))
-    restorer = inference.load_exported(path, overlap=8, batch_size=3)      # the batch axis is dynamic
+    path = _save(tmp_path / "map.onnx", export.onnx_model(model, params, export.input_shape(0, 0, 1, True)))
+    whole = inference.load_exported(path, tile=0)
+    for hw in ((40, 56), (64, 48)):                 # one export, two sizes
+        x = photo(hw)
+        np.testing.assert_allclose(whole(x), inference.Restorer(model, params, tile=0)(x), atol=1e-4)
+    path = _save(tmp_path / "fixed.onnx", export.onnx_model(model, params, export.input_shape(32, 48, 1, False)))
+    restorer = inference.load_exported(path, overlap=8, batch_size=3)      # the batch axis stays dynamic
     assert restorer.tile == (32, 48) and restorer.batch_size == 3
     x = photo((70, 90))
     np.testing.assert_allclose(restorer(x), inference.Restorer(model, params, tile=(32, 48), overlap=8)(x),
@@ -123,8 +128,9 @@ def test_the_commands_export_a_run_and_restore_with_it(saved_run, tmp_path):
         assert rc == 0, err[-3000:]
     rc, err = _command("export", f"--workdir={saved_run}", f"--output={stablehlo}", "--polymorphic")
     assert rc == 1 and f"--output={stablehlo} exists" in err          # kept unless --overwrite
-    rc, err = _command("export", f"--workdir={saved_run}", f"--output={onnx_file}", "--format=onnx", "--polymorphic")
-    assert rc != 0 and "give --height and --width" in err
+    rc, err = _command("export", f"--workdir={saved_run}", f"--output={tmp_path / 'map.jax'}", "--format=onnx",
+                       "--polymorphic")
+    assert rc == 1 and "name ONNX exports *.onnx" in err and not os.path.exists(tmp_path / "map.jax")
     outputs = {}
     for name, source in (("workdir", f"--workdir={saved_run}"), ("stablehlo", f"--exported={stablehlo}"),
                          ("onnx", f"--exported={onnx_file}")):
