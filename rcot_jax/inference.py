@@ -190,7 +190,6 @@ class ExportedMap:
                                  f"{type(e).__name__}: {e}); export it again with rcot_jax.export") from None
             self._call = exported.call
             self.shape = tuple(d if isinstance(d, int) else None for d in aval.shape)
-        self.path = path
 
     def apply(self, params, x):
         del params      # the parameters are inside the export
@@ -231,7 +230,7 @@ def load_exported(path, tile=None, overlap=32, batch_size=None, ensemble=False, 
     exported = ExportedMap(path)
     b, h, w, _ = exported.shape
     fixed = (h, w) if h and w else None
-    tile = (tile if tile is not None else fixed or 256)
+    tile = tile if tile is not None else fixed or 256
     if fixed and ((tile, tile) if isinstance(tile, int) else tuple(tile)) != fixed:
         raise ValueError(f"{path} takes {h}x{w} inputs only; restore with tile={h if h == w else (h, w)} "
                          f"(got tile={tile}) or export with --polymorphic")
