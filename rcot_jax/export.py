@@ -4,8 +4,8 @@
   python -m rcot_jax.export --workdir=W --format=onnx --height=512 --width=512 --output=map.onnx
   python -m rcot_jax.export --checkpoint=model.pth --config=configs/derain.py --format=onnx ... (an official file)
 
-The map is T's two passes on float32 NHWC images in [0, 1], clipped to [0, 1] (`inference.restoring`); the
-parameters are inside the file.
+The map is T's two passes on float32 NHWC images in [0, 1], clipped to [0, 1] (`inference.restoring`), computed in
+float32 (a bf16 run's map too); the parameters are inside the file.
 - `stablehlo`: `jax.export`, serialized; lowered for `--platforms` (default cpu, cuda and tpu), each with the
   convolutions `conv_impl=auto` gives it (this project's on CPU, XLA's on GPU and TPU). `--polymorphic`:
   symbolic batch, height and width (height and width multiples of 16, as `inference` pads); otherwise
@@ -67,9 +67,9 @@ def input_shape(height, width, batch_size, polymorphic):
 
 
 def restoring_fn(model, params, conv_impl):
-    """The function an export holds: `inference.restoring` with the parameters closed in and the convolutions of
-    `conv_impl` ('xla' or 'custom')."""
-    return functools.partial(inference.restoring, model.clone(conv_impl=conv_impl), params)
+    """The function an export holds: `inference.restoring` with the parameters closed in, computed in float32
+    whatever precision the run trained in, with the convolutions of `conv_impl` ('xla' or 'custom')."""
+    return functools.partial(inference.restoring, model.clone(conv_impl=conv_impl, dtype=jnp.float32), params)
 
 
 def stablehlo(model, params, shape, platforms=("cpu", "cuda", "tpu")):

@@ -82,6 +82,16 @@ def test_a_fixed_size_export_sets_the_tile_and_batch_and_refuses_others(tiny_map
             export.input_shape(h, w, 1, False)
 
 
+def test_a_map_trained_in_bf16_is_exported_in_float32(tiny_map, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import jax.numpy as jnp
+    model, params = tiny_map
+    path = _save(tmp_path / "bf16.onnx", export.onnx_model(model.clone(dtype=jnp.bfloat16), params, (1, 32, 32, 3)))
+    x = photo((32, 32))
+    restored = inference.load_exported(path, overlap=8)(x)
+    np.testing.assert_allclose(restored, inference.Restorer(model, params, tile=0)(x), atol=1e-4)
+
+
 def test_a_primitive_without_translation_is_named_with_its_layer(tiny_map, monkeypatch):
     pytest.importorskip("onnx")
     from rcot_jax import to_onnx
