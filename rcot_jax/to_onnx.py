@@ -118,9 +118,10 @@ class _Converter:
 def _where(eqn):
     """' (file:line (function))' of the user code that made `eqn`, where this JAX version tells."""
     try:
-        return f" ({jax._src.source_info_util.summarize(eqn.source_info)})"
+        where = jax._src.source_info_util.summarize(eqn.source_info)
     except Exception:   # noqa: BLE001 - a private helper; the layer alone still names the place
-        return ""
+        where = ""
+    return f" ({where})" if where else ""
 
 
 def _inner(key):
@@ -197,8 +198,9 @@ def _slice(c, ins, eqn, layer):
     axes = [i for i in range(len(shape)) if (starts[i], limits[i], strides[i]) != (0, shape[i], 1)]
     if not axes:
         return c.g.op("Identity", ins, layer)
-    return c.g.op("Slice", [ins[0], c.shape([starts[i] for i in axes], layer), c.shape([limits[i] for i in axes], layer),
-                            c.g.const(axes, np.int64), c.g.const([strides[i] for i in axes], np.int64)], layer)
+    return c.g.op("Slice", [ins[0], c.shape([starts[i] for i in axes], layer),
+                            c.shape([limits[i] for i in axes], layer), c.g.const(axes, np.int64),
+                            c.g.const([strides[i] for i in axes], np.int64)], layer)
 
 
 def _dim_as_value(c, ins, eqn, layer):
@@ -257,18 +259,16 @@ def _conv(c, ins, eqn, layer):
     return _cast_to(c, y, eqn, layer)
 
 
-RULES = {
+RULES = {      # the primitives of both maps' jaxprs, at fixed and symbolic sizes, remat or not (JAX 0.10 and 0.12)
     "add": _elementwise("Add"), "sub": _elementwise("Sub"), "mul": _elementwise("Mul"), "div": _elementwise("Div"),
     "max": _elementwise("Max"), "min": _elementwise("Min"), "neg": _elementwise("Neg"), "exp": _elementwise("Exp"),
-    "sqrt": _elementwise("Sqrt"), "rsqrt": lambda c, ins, eqn, layer: c.g.op("Reciprocal", [c.g.op(
-        "Sqrt", ins, layer)], layer), "tanh": _elementwise("Tanh"), "logistic": _elementwise("Sigmoid"),
-    "erf": _elementwise("Erf"), "erfc": _erfc, "ge": _elementwise("GreaterOrEqual"), "gt": _elementwise("Greater"),
+    "sqrt": _elementwise("Sqrt"), "logistic": _elementwise("Sigmoid"), "erfc": _erfc, "ge": _elementwise("GreaterOrEqual"),
     "integer_pow": _integer_pow, "select_n": _select_n, "convert_element_type": _convert,
     "copy": _elementwise("Identity"), "stop_gradient": _elementwise("Identity"),
     "reduce_sum": _reduce("ReduceSum"), "reduce_max": _reduce("ReduceMax"),
     "broadcast_in_dim": _broadcast_in_dim, "reshape": _reshape, "squeeze": _squeeze, "transpose": _transpose,
-    "slice": _slice, "dim_as_value": _dim_as_value, "concatenate": _concatenate, "stack": _stack, "split": _split, "dot_general": _dot_general,
-    "conv_general_dilated": _conv,
+    "slice": _slice, "dim_as_value": _dim_as_value, "concatenate": _concatenate, "stack": _stack, "split": _split,
+    "dot_general": _dot_general, "conv_general_dilated": _conv,
     "jit": _inner("jaxpr"), "remat2": _inner("jaxpr"), "custom_jvp_call": _inner("call_jaxpr"),
 }
 
