@@ -262,8 +262,9 @@ def _conv(c, ins, eqn, layer):
 RULES = {      # the primitives of both maps' jaxprs, at fixed and symbolic sizes, remat or not (JAX 0.10 and 0.12)
     "add": _elementwise("Add"), "sub": _elementwise("Sub"), "mul": _elementwise("Mul"), "div": _elementwise("Div"),
     "max": _elementwise("Max"), "min": _elementwise("Min"), "neg": _elementwise("Neg"), "exp": _elementwise("Exp"),
-    "sqrt": _elementwise("Sqrt"), "logistic": _elementwise("Sigmoid"), "erfc": _erfc, "ge": _elementwise("GreaterOrEqual"),
-    "integer_pow": _integer_pow, "select_n": _select_n, "convert_element_type": _convert,
+    "sqrt": _elementwise("Sqrt"), "logistic": _elementwise("Sigmoid"), "erfc": _erfc,
+    "ge": _elementwise("GreaterOrEqual"), "integer_pow": _integer_pow, "select_n": _select_n,
+    "convert_element_type": _convert,
     "copy": _elementwise("Identity"), "stop_gradient": _elementwise("Identity"),
     "reduce_sum": _reduce("ReduceSum"), "reduce_max": _reduce("ReduceMax"),
     "broadcast_in_dim": _broadcast_in_dim, "reshape": _reshape, "squeeze": _squeeze, "transpose": _transpose,
