@@ -38,12 +38,9 @@ def test_a_polymorphic_stablehlo_export_reproduces_the_restorer(tiny_maps, tmp_p
     path = _save(tmp_path / "map.jax_exported", export.stablehlo(model, params, export.input_shape(0, 0, 1, True)))
     whole = inference.load_exported(path, tile=0)
     assert whole.tile is None and len(whole.mesh.devices.flat) == 1
-    for hw in ((40, 56), (64, 48)):                 # one export, two sizes
+    for hw in ((40, 56), (64, 48)):                 # one export, two sizes (tiles: the fixed-size and ONNX tests)
         x = photo(hw)
         np.testing.assert_allclose(whole(x), inference.Restorer(model, params, tile=0)(x), atol=1e-5)
-    x = photo((70, 90))
-    tiled = inference.load_exported(path, tile=32, overlap=8, batch_size=3)
-    np.testing.assert_allclose(tiled(x), inference.Restorer(model, params, tile=32, overlap=8)(x), atol=1e-5)
 
 
 def test_onnx_exports_run_by_onnxruntime_reproduce_the_restorer(tiny_maps, tmp_path):
