@@ -1,6 +1,6 @@
 """rcot_jax.export and rcot_jax.to_onnx: StableHLO and ONNX exports of the tiny Restormer and MPRNet maps reproduce
-`inference.Restorer` (one polymorphic export at two sizes and in tiles; a fixed-size export sets the tile and batch;
-ONNX run by onnxruntime); an untranslatable primitive, a damaged or truncated file, and a failed write are named
+`inference.Restorer` (one polymorphic export at two sizes; a fixed-size export sets the tile and batch; ONNX run by
+onnxruntime, also for a bf16 map); an untranslatable primitive, a damaged or truncated file, and a failed write are named
 and leave nothing behind; the commands end to end (`export`, then `restore --exported` against `restore --workdir`)."""
 import os
 import subprocess
