@@ -81,7 +81,7 @@ def flag_error_message(error):
     return f"{flag}: {text.splitlines()[-1].strip()}"
 
 
-def config_arg(argv):
+def _config_arg(argv):
     """The value of --config in argv, or None."""
     for i, arg in enumerate(argv):
         if arg.startswith(("--config=", "-config=")):
@@ -99,7 +99,7 @@ def config_file_parser():
 def _missing_config_file(argv):
     """A message for a --config file that does not exist; None if it exists or is not given."""
     from rcot_jax import configs
-    path = config_arg(argv)
+    path = _config_arg(argv)
     if path is None or os.path.isfile(path.split(":", 1)[0]):
         return None
     tasks = ", ".join(f"configs/{t}.py" for t in configs.TASKS)
@@ -127,7 +127,7 @@ def _unknown_override(config, argv):
 
 def _flag_error(argv, error):
     """The one line for a failed parse: an unknown config key by name, else the parser's own message."""
-    path = config_arg(argv)
+    path = _config_arg(argv)
     if path is not None:
         try:
             message = _unknown_override(config_file_parser().parse(path), argv)
