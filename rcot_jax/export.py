@@ -19,6 +19,7 @@ float32 (a bf16 run's map too); the parameters are inside the file.
 """
 import functools
 import os
+import pathlib
 import time
 
 import jax
@@ -27,6 +28,7 @@ from absl import app, flags, logging
 
 from rcot_jax import app as rcot_app
 from rcot_jax import inference, paths
+from rcot_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 FORMATS = ("stablehlo", "onnx")
@@ -89,17 +91,10 @@ def onnx_model(model, params, shape):
     return to_onnx.convert(restoring_fn(model, params, "xla"), shape).SerializeToString()
 
 
-def write_atomic(path, data):
-    """Writes `data` to `path` through a temporary file in the same folder, so `path` is complete or absent."""
+def write(path, data):
+    """Writes `data` to `path` whole or not at all (`workdir.write_atomic`), creating its folder."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.partial"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    workdir_lib.write_atomic(path, lambda tmp: pathlib.Path(tmp).write_bytes(data))
 
 
 def check_output(path, fmt, overwrite):
@@ -119,7 +114,7 @@ def main(argv):
     start = time.perf_counter()
     data = (onnx_model(model, params, shape) if FLAGS.format == "onnx" else
             stablehlo(model, params, shape, FLAGS.platforms))
-    write_atomic(FLAGS.output, data)
+    write(FLAGS.output, data)
     dims = ("batch", *shape[1:]) if FLAGS.format == "onnx" else shape
     logging.info("Wrote %s (%s, input [%s], %.1f MB) in %.1f s", FLAGS.output, FLAGS.format,
                  ", ".join(map(str, dims)), len(data) / 1e6, time.perf_counter() - start)

@@ -230,13 +230,13 @@ def load_exported(path, tile=None, overlap=32, batch_size=None, ensemble=False, 
     exported = ExportedMap(path)
     b, h, w, _ = exported.shape
     fixed = (h, w) if h and w else None
-    tile = tile if tile is not None else fixed or 256
-    if fixed and ((tile, tile) if isinstance(tile, int) else tuple(tile)) != fixed:
-        raise ValueError(f"{path} takes {h}x{w} inputs only; restore with tile={h if h == w else (h, w)} "
-                         f"(got tile={tile}) or export with --polymorphic")
     if ensemble and fixed and h != w:
         raise ValueError(f"{path} takes {h}x{w} inputs: the x8 ensemble rotates tiles and needs a square export")
     if b and batch_size not in (None, b):
         raise ValueError(f"{path} takes batches of {b} only (got batch_size={batch_size})")
-    return Restorer(exported, None, tile, overlap, b or batch_size or 4, ensemble,
-                    devices or jax.local_devices()[:1])
+    restorer = Restorer(exported, None, tile if tile is not None else fixed or 256, overlap, b or batch_size or 4,
+                        ensemble, devices or jax.local_devices()[:1])
+    if fixed and restorer.tile != fixed:
+        raise ValueError(f"{path} takes {h}x{w} inputs only; restore with tile={h if h == w else (h, w)} "
+                         f"(got tile={tile}) or export with --polymorphic")
+    return restorer

@@ -49,10 +49,15 @@ def config_hash(config):
 
 
 def write_atomic(path, write):
-    """write(tmp) then rename onto `path`: readers never see a partial file."""
+    """write(tmp) then rename onto `path`: readers never see a partial file, and a failed write leaves `path` as it
+    was and no temporary file."""
     tmp = f"{path}.tmp"
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def record_config(workdir, config, first_step, now=None):

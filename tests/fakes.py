@@ -1,6 +1,8 @@
 """Small fabricated inputs the tests share: image files, folders of pairs, copies of the paper's dataset layouts,
-and tiny configs that finish in a few steps."""
+and tiny configs that finish in a few steps; and `command`, a program run as a user runs it."""
 import os
+import subprocess
+import sys
 
 import numpy as np
 import skimage.data
@@ -8,6 +10,7 @@ from PIL import Image
 
 from rcot_jax.data import catalog, degradations
 
+ROOT = os.path.join(os.path.dirname(__file__), "..")
 HW = (48, 64)          # fabricated images: small, and one bucket (64 x 64) for every whole-image evaluation
 
 
@@ -67,3 +70,9 @@ def tiny(module, **data):
     c.num_train_steps, c.eval_every_steps, c.checkpoint_every_steps = 2, 2, 2
     c.data.update(eval_batch_size=4, **data)
     return c
+
+
+def command(name, *args, cwd=ROOT, timeout=600):
+    """`python -m rcot_jax.<name> ARGS` in `cwd`: the finished process, its output captured as text."""
+    return subprocess.run([sys.executable, "-m", f"rcot_jax.{name}", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)

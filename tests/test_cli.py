@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fakes import command
 from rcot_jax import configs, evaluate, train
 from rcot_jax.configs import deblur
 
@@ -156,15 +157,10 @@ def test_a_failed_save_stops_the_run_with_one_message_and_keeps_the_last_checkpo
 COMMANDS = ("main", "restore", "convert", "export", "benchmark", "ablate", "prepare")
 
 
-def _command(name, *args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", f"rcot_jax.{name}", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", COMMANDS)
 def test_help_lists_the_commands_flags_and_exits_0(name):
-    result = _command(name, "--help")
+    result = command(name, "--help")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--[no]traceback" in result.stdout
     own = {"main": "--workdir", "restore": "--exported", "convert": "--export", "export": "--[no]polymorphic",
@@ -185,7 +181,7 @@ def test_help_lists_the_commands_flags_and_exits_0(name):
 ])
 def test_ordinary_mistakes_are_one_line_without_a_traceback(name, args, message, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
-    result = _command(name, *args, cwd=tmp_path)
+    result = command(name, *args, cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     first, hint = result.stderr.strip().splitlines()[-2:]
     assert first.startswith(f"rcot_jax.{name}: error: {message.format(home=tmp_path)}"), first
