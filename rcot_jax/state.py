@@ -8,9 +8,9 @@ import jax.numpy as jnp
 from rcot_jax import models, optim
 
 # XLA:CPU spends most of an initialiser's compile optimising its ~1,300 random-bit kernels (LLVM at level 3), which
-# run once. At level 1 they give the same bits (tests/test_steps.py) and compile faster (measured: the tiny MPRNet
-# map's parameters 5.6 s instead of 14.2 s, the tiny Restormer's whole state 9.2 s instead of 19.2 s, the paper's
-# Restormer's 46 s instead of 57 s).
+# run once. At level 1 they give the same parameters (bit for bit with jaxlib 0.10, at most 1 ulp apart with 0.12.1:
+# tests/test_steps.py) and compile faster (measured: the tiny MPRNet map's parameters 5.6 s instead of 14.2 s, the
+# tiny Restormer's whole state 9.2 s instead of 19.2 s, the paper's Restormer's 46 s instead of 57 s).
 _INIT_OPTIONS = {"cpu": {"xla_backend_optimization_level": 1}}
 
 

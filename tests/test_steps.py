@@ -47,13 +47,19 @@ def test_mprnet_joint_adam_step_trains():
     assert set(terms) >= {"transport_loss", "adversarial", "cost", "fourier", "rmse", "paired_l1", "l1", "psnr"}
 
 
-def test_the_initialisers_faster_compile_gives_the_same_bits():
+def test_the_initialisers_faster_compile_gives_the_same_parameters():
     """`state.jit_init` compiles the initialiser at a lower XLA:CPU optimisation level; XLA's default gives the same
-    parameters and optimiser states, bit for bit."""
+    parameters and optimiser states: bit for bit with jaxlib 0.10; with 0.12.1 XLA rounds the scaling of some random
+    bits differently at levels 1 and 3 (measured: 23 of 243 leaves differ, each by at most 1 ulp of its largest
+    value)."""
     config = default.get_config("tiny")
     config.model.backbone = "mprnet"
     key = jax.random.key(3)
     default_level = jax.jit(lambda k: create_train_state(config, k)).lower(key).compile(
         compiler_options={"xla_backend_optimization_level": 3})
     leaves = [jax.tree.leaves(s) for s in (init_state(config, key), default_level(key))]
-    assert len(leaves[0]) > 100 and all(np.array_equal(a, b) for a, b in zip(*leaves))
+    assert len(leaves[0]) > 100
+    for a, b in zip(*leaves):
+        a, b = np.asarray(a), np.asarray(b)
+        ulp = np.spacing(np.abs(a).max()) if np.issubdtype(a.dtype, np.floating) else 0
+        np.testing.assert_allclose(a, b, rtol=0, atol=ulp)
