@@ -42,11 +42,12 @@ def test_vmapped_variants_take_the_steps_they_take_alone():
         batch = {k: np.stack([d[i][k] for d in data]) for k in BATCH_KEYS}
         states, swept = sweep(states, batch, jnp.stack([k[1] for k in keys]), values)
     assert not np.allclose(swept["transport_loss"][0], swept["transport_loss"][1], rtol=1e-3)
+    # The plain step, its scalars an argument (the variants' values), so that one compilation serves both.
+    step = jax.jit(functools.partial(steps.train_step, config=config))
     for j, run in enumerate(runs):
         state = init_state(run, keys[j][0])
-        step = jax.jit(functools.partial(steps.train_step, config=run))
         for i in range(3):
-            state, alone = step(state, data[j][i], keys[j][1])
+            state, alone = step(state, data[j][i], keys[j][1], scalars=jax.tree.map(lambda v: v[j], values))
         for name in ("transport_loss", "cost", "rmse", "fourier", "paired_l1", "gradient_penalty", "psnr"):
             np.testing.assert_allclose(swept[name][j], alone[name], rtol=1e-5, err_msg=f"variant {j}: {name}")
 

@@ -41,6 +41,7 @@ def _ran_on_cpu(hlo_pass, dump_dir):
     return any(f"after_{hlo_pass}" in name for name in os.listdir(dump_dir))
 
 
+@pytest.mark.slow      # a TPU compilation: minutes on this CPU
 @needs_libtpu
 def test_a_two_host_slice_compiles_its_record_without_the_xla_cpu_flags(tmp_path):
     """One compilation (the slowest part of the suite's TPU checks): the record, a mesh over every chip of both

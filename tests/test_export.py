@@ -14,13 +14,14 @@ from rcot_jax import export, inference
 @pytest.fixture(scope="module", params=["restormer", "mprnet"])
 def tiny_maps(request):
     import jax
+    import jax.numpy as jnp
     from rcot_jax import models
     from rcot_jax.configs import denoise
-    from rcot_jax.state import init_state
+    from rcot_jax.state import jit_init
     c = denoise.get_config("tiny")
     c.model.backbone, c.model.remat = request.param, "full"     # as the task configs train them
     t_model, _ = models.build_models(c)
-    return t_model, init_state(c, jax.random.key(0)).t_params
+    return t_model, jit_init(t_model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
 
 
 def _save(path, data):
