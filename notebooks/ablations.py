@@ -21,10 +21,11 @@
 #
 # plus an L1 term on paired samples. This notebook calls `rcot_jax` for every step: (1) the cost as pure
 # functions, (2) the two-pass map, (3) a short training run on the embedded photographs, (4) ablations.
-# It runs on a CPU; a GPU or TPU runtime makes the full-size runs faster.
+# It runs on a CPU; a GPU or TPU runtime makes the full-size runs faster. Each section's heading gives its time on a
+# 2-core CPU, measured in one run of the whole notebook (33 minutes; jax 0.10.2, 2026-12-06; `experiments/benchmarks.md`).
 
 # %% [markdown]
-# ## 0. Install
+# ## 0. Install (CPU: 6 s)
 #
 # In Colab this installs `rcot_jax` from GitHub (without TensorFlow: Colab has its own), with a JAX at least as new
 # as the 0.10.2 the tests run on (and its GPU or TPU plugins), in one `pip` command that keeps the NumPy Colab has
@@ -136,7 +137,7 @@ def show(images, titles, width=1.8):
 
 
 # %% [markdown]
-# ## 1. The cost, as pure functions
+# ## 1. The cost, as pure functions (CPU: 5 s)
 #
 # A held-out embedded photograph $y$, degraded by two of the package's seeded degradations
 # (`rcot_jax.data.degradations`): Gaussian noise ($\sigma = 25$, on the 0–255 scale) and synthetic rain. The
@@ -192,7 +193,7 @@ show([0.5 + residual["rain"]] + [0.5 - 0.5 * g / np.percentile(np.abs(g), 99) fo
 
 
 # %% [markdown]
-# ## 2. The two-pass map
+# ## 2. The two-pass map (CPU: 24 s)
 #
 # $T$ runs its backbone twice: the first pass restores $x$ to $\hat y_1$; the residual $x - \hat y_1$ is
 # encoded and added (times `model.cond_scale`) to the image features of a second pass through the same
@@ -235,7 +236,7 @@ def show_two_pass(t_params, title):
 show_two_pass(state.t_params, "untrained")
 
 # %% [markdown]
-# ## 3. A short training run
+# ## 3. A short training run (CPU: 5 min)
 #
 # The library's own pieces, as `python -m rcot_jax.main` uses them: the grain pipeline
 # (`pipeline.train_dataset`, NumPy batches of random crops from the embedded training photographs, degraded on
@@ -285,7 +286,7 @@ plt.show()
 show_two_pass(state.t_params, f"after {config.num_train_steps} steps")
 
 # %% [markdown]
-# ## 4. Ablations
+# ## 4. Ablations (CPU: 28 min)
 #
 # `rcot_jax.ablate` trains variants of one config on the same data, seeds and budget: a `Variant` is a name and
 # dotted config overrides. The switches: `model.two_pass` (single-pass backbone), `loss.fourier_variant`
