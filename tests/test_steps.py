@@ -4,6 +4,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from rcot_jax import models, steps
 from rcot_jax.configs import default
@@ -42,8 +43,10 @@ def test_mprnet_joint_adam_step_trains():
         return f_params, critic, steps.map_update(state, f_params, batch, restored, config)
 
     f_params, critic, (t_params, t_opt_state, terms) = parts(state, batch, jax.random.fold_in(jax.random.key(1), 0))
-    np.testing.assert_allclose([critic["critic_loss"], terms["transport_loss"]],
-                               [metrics["critic_loss"], metrics["transport_loss"]], rtol=1e-5)
+    # critic_loss is a difference of two nearly equal terms at initialisation (~1e-7 here): only its absolute
+    # error is meaningful (tests/test_accumulate.py).
+    assert float(critic["critic_loss"]) == pytest.approx(float(metrics["critic_loss"]), rel=0, abs=1e-6)
+    assert float(terms["transport_loss"]) == pytest.approx(float(metrics["transport_loss"]), rel=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), (f_params, t_params),
                  (new.f_params, new.t_params))     # compiled apart, XLA may round differently
     assert set(terms) >= {"transport_loss", "adversarial", "cost", "fourier", "rmse", "paired_l1", "l1", "psnr"}
