@@ -22,6 +22,7 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
@@ -39,7 +40,8 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=True,
-                                                 cleanup_tmp_directories=create))
+                                                 cleanup_tmp_directories=create),
+            item_handlers={"state": _state_handler(), "data": _DataHandler()})
         self._saving = None    # the step of the save in flight
         self._failed = False   # a save failed: its partial directory is removed again on close
         _quiet_abandoned_writes()
@@ -52,7 +54,7 @@ class Checkpointer:
         now, before training moves on. Raises `CheckpointSaveError` if the previous save failed."""
         with _SaveFailure(self, step):
             self.manager.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), data=_DataSave(data_iterator)),
+                state=ocp.args.PyTreeSave(state), data=_DataSave(data_iterator)),
                 force=True)
             self._saving = step
 
@@ -60,7 +62,8 @@ class Checkpointer:
         """The state saved at `step` (placed as `abstract_state`'s shardings); restores the iterator in place."""
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
+                state=ocp.args.PyTreeRestore(abstract_state, ocp.checkpoint_utils.construct_restore_args(
+                    abstract_state)),
                 data=_DataRestore(data_iterator)))
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"checkpoint {self.directory}/{step} does not match the current config (model, "
@@ -107,6 +110,24 @@ class Checkpointer:
         self.manager.close()
         if self._failed and jax.process_index() == 0:
             _remove_partials(self.directory, settle_s=0.5)
+
+
+# Orbax writes a replicated array in slices, one per replica, in parallel; each slice's shape compiles a program of
+# its own, the first save of a launch compiling them all (measured on 8 CPU devices: the tiny config's state, 407
+# arrays of 9 MB, 14.9 s for the first save against 1.0 s written whole; the paper's, 1,639 arrays of 574 MB, 46.7
+# s against 14.6 s, and 10.6 s against 5.6 s for later saves). Arrays whose slices would be smaller are written
+# whole, by one replica.
+_MIN_SLICE_BYTES = 1 << 20
+
+
+def _state_handler():
+    """The state's handler: Orbax's standard one (the same files), its arrays sliced only above `_MIN_SLICE_BYTES`."""
+    th = ocp.type_handlers
+    scalars = th.ScalarHandler()
+    return ocp.PyTreeCheckpointHandler(type_handler_registry=th.create_type_handler_registry(
+        (int, scalars), (float, scalars), (bytes, scalars), (np.number, scalars), (np.ndarray, th.NumpyHandler()),
+        (jax.Array, th.ArrayHandler(min_slice_bytes_for_replica_parallel=_MIN_SLICE_BYTES)),
+        (str, th.StringHandler())))
 
 
 class _DataHandler(grain.checkpoint.CheckpointHandler):

@@ -38,15 +38,16 @@ def tiny_map():
 
 @pytest.fixture(scope="session")
 def saved_run(tmp_path_factory):
-    """A run directory as a launch of the tiny deblurring config leaves it before its first step: config.json, its
-    history, and checkpoint 0 of the initial state (no training). Tests must leave it as it is."""
+    """A run directory as a launch of `fakes.loop_config()` (tiny deblurring, MPRNet map) leaves it before its first
+    step: config.json, its history, and checkpoint 0 of the initial state (no training). Tests must leave it as
+    it is."""
+    from fakes import loop_config
     from rcot_jax import workdir as workdir_lib
     from rcot_jax.checkpointing import Checkpointer
-    from rcot_jax.configs import deblur
     from rcot_jax.data import pipeline
     from rcot_jax.state import init_state, seed_keys
 
-    config, workdir = deblur.get_config("tiny"), tmp_path_factory.mktemp("saved_run")
+    config, workdir = loop_config(), tmp_path_factory.mktemp("saved_run")
     ckpt = Checkpointer(str(workdir / workdir_lib.CHECKPOINTS), config.keep_checkpoints)
     ckpt.save(0, init_state(config, seed_keys(config.seed)[0]), iter(pipeline.train_dataset(config)))
     ckpt.wait()

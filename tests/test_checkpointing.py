@@ -1,15 +1,19 @@
 """rcot_jax.checkpointing: an unreadable newest checkpoint falls back to the previous one (never to a fresh
-start); a failed save's reason in the system's words; the writes a failed save abandons stay out of the log. A failed
-save stopping a run: tests/test_cli.py."""
+start); a failed save's reason in the system's words; the writes a failed save abandons stay out of the log; small
+replicated arrays written whole. A failed save stopping a run: tests/test_cli.py."""
 import asyncio
 import gc
 import os
 import shutil
 
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from fakes import loop_config
-from rcot_jax import checkpointing, train
+from rcot_jax import checkpointing, parallel, train
 
 
 def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
@@ -60,3 +64,28 @@ def test_the_writes_a_failed_save_abandons_log_nothing_when_freed_and_other_asyn
     del tasks                # each task is freed with its exception never retrieved
     gc.collect()
     assert [r.exc_info[0] for r in caplog.records if "never retrieved" in r.getMessage()] == [ValueError]
+
+
+def test_a_replicated_state_is_saved_whole_without_a_program_per_replica_slice(tmp_path):
+    """Orbax would write each replicated array in 8 slices, one per device, each slice's shape a program of its own
+    to trace and compile (15 s at the tiny config's first save); arrays this small are written whole."""
+    mesh = parallel.make_mesh(jax.devices()[:8])
+    state = jax.device_put({"a": jnp.arange(40 * 56.).reshape(40, 56), "b": jnp.arange(24)}, parallel.replicated(mesh))
+    traced = []
+
+    def listener(event, duration, **kwargs):
+        if event.startswith("/jax/core/compile/"):
+            traced.append(kwargs.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        ckpt = checkpointing.Checkpointer(tmp_path / "checkpoints", keep=1)
+        ckpt.save(0, state, iter(grain.MapDataset.range(4).to_iter_dataset()))
+        ckpt.wait()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert traced == []
+    restored = ckpt.restore(0, checkpointing.abstract_like(state, parallel.replicated(mesh)),
+                            iter(grain.MapDataset.range(4).to_iter_dataset()))
+    ckpt.close()
+    jax.tree.map(np.testing.assert_array_equal, restored, state)

@@ -11,7 +11,6 @@ import pytest
 from fakes import loop_config
 from rcot_jax import train
 from rcot_jax import workdir as workdir_lib
-from rcot_jax.configs import deblur
 
 
 def _tree(path):
@@ -26,7 +25,7 @@ def test_failed_launches_leave_an_existing_workdir_byte_identical_and_create_non
            ("data.batch_size", 5), ("data.train_dir", str(tmp_path / "nowhere"))]
     for key, value in bad:
         for target in (workdir, tmp_path / "new"):
-            config = deblur.get_config("tiny")
+            config = loop_config()
             section, leaf = key.split(".")
             config[section][leaf] = value
             config.data.task = "denoise" if key == "data.noise_sigma" else config.data.task
@@ -40,13 +39,13 @@ def test_failed_launches_leave_an_existing_workdir_byte_identical_and_create_non
 def test_a_relaunch_with_other_model_keys_is_refused_and_other_data_keys_warned(saved_run, caplog):
     workdir = saved_run
     before = _tree(workdir)
-    config = deblur.get_config("tiny")
-    config.model.critic_width, config.model.restormer.dim = 8, 16
+    config = loop_config()
+    config.model.critic_width, config.model.mprnet.n_feat = 8, 16
     with pytest.raises(ValueError, match=r"holds a run with other model keys: config\.model\.critic_width=8 "
-                                         r"\(the run's: 16\), config\.model\.restormer\.dim=16 \(the run's: 8\); "
+                                         r"\(the run's: 16\), config\.model\.mprnet\.n_feat=16 \(the run's: 8\); "
                                          r".* new workdir$"):
         train.train_and_evaluate(config, str(workdir))
-    config = deblur.get_config("tiny")
+    config = loop_config()
     config.data.task, config.data.batch_size = "denoise", 5               # the batch size fails after the warning
     with pytest.raises(ValueError, match="config.data.batch_size"):
         train.train_and_evaluate(config, str(workdir))
