@@ -11,6 +11,7 @@ from PIL import Image
 from fakes import command, photo
 from rcot_jax import export, inference
 
+
 @pytest.fixture(scope="module", params=["restormer", "mprnet"])
 def tiny_maps(request):
     import jax
