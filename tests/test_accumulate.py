@@ -33,10 +33,10 @@ def _rel(a, b):
     return np.sqrt(num / sum(np.sum(np.asarray(y, np.float64) ** 2) for y in lb))
 
 
-def _config(k, critic_width=16):
+def _config(k, critic_width=None):
     config = default.get_config("tiny")
     config.model.backbone = "mprnet"    # no network mixes samples; its step compiles in half the Restormer's time
-    config.model.critic_width = critic_width
+    config.model.critic_width = critic_width or config.model.critic_width
     config.optim.accumulate_steps = k
     return config
 
