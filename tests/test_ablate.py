@@ -36,7 +36,8 @@ def test_vmapped_variants_take_the_steps_they_take_alone():
     data = [_batches(c, 3) for c in runs]
     keys = [seed_keys(c.seed) for c in runs]
     values = jax.tree.map(lambda *v: np.asarray(v, np.float32), *[steps.config_scalars(c) for c in runs])
-    states = jit_init(jax.vmap(lambda k: create_train_state(config, k)))(jnp.stack([k[0] for k in keys]))
+    initial = jit_init(jax.vmap(lambda k: create_train_state(config, k)))(jnp.stack([k[0] for k in keys]))
+    states = jax.tree.map(jnp.copy, initial)       # the sweep donates its states
     sweep = jax.jit(steps.sweep_train_step(config), donate_argnums=0)     # as rcot_jax.ablate compiles it
     for i in range(3):
         batch = {k: np.stack([d[i][k] for d in data]) for k in BATCH_KEYS}
@@ -44,8 +45,8 @@ def test_vmapped_variants_take_the_steps_they_take_alone():
     assert not np.allclose(swept["transport_loss"][0], swept["transport_loss"][1], rtol=1e-3)
     # The plain step, its scalars an argument (the variants' values), so that one compilation serves both.
     step = jax.jit(functools.partial(steps.train_step, config=config))
-    for j, run in enumerate(runs):
-        state = init_state(run, keys[j][0])
+    for j in range(len(runs)):     # from the same initial states (equal to each variant's own: tests/test_state.py)
+        state = jax.tree.map(lambda v: v[j], initial)
         for i in range(3):
             state, alone = step(state, data[j][i], keys[j][1], scalars=jax.tree.map(lambda v: v[j], values))
         for name in ("transport_loss", "cost", "rmse", "fourier", "paired_l1", "gradient_penalty", "psnr"):

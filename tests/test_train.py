@@ -43,8 +43,10 @@ def _restore_latest(config, workdir):
 
 
 def test_a_run_trains_evaluates_and_writes_its_files(tmp_path):
-    """allinone: every degradation of its mix trained and scored apart."""
+    """allinone: every degradation of its mix trained and scored apart (with the MPRNet map of `loop_config`,
+    whose step and initialiser the run-loop tests share: what allinone changes is the data, below)."""
     config = allinone.get_config("tiny")
+    config.model.backbone = "mprnet"
     state = train.train_and_evaluate(config, str(tmp_path))
     assert int(state.step) == config.num_train_steps == 3
 
