@@ -41,6 +41,9 @@ def test_the_repository_configs_link_is_the_package():
 
 # --- the training program, run as a user runs it -------------------------------------------------------------
 
+MPRNET = "--config.model.backbone=mprnet"
+
+
 def _cli(cwd, *args, timeout=600, **kwargs):
     return subprocess.run([sys.executable, "-m", "rcot_jax.main", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, **kwargs)
@@ -65,10 +68,11 @@ def image_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, image_folder):
     """A 2-step run trained by the CLI from a directory outside the repository, with an absolute config path
-    and an eval-folder override: (workdir, its console output)."""
+    and an eval-folder override: (workdir, its console output). The MPRNet map: the programs of `fakes.loop_config`,
+    which the in-process run-loop tests compile too."""
     cwd = tmp_path_factory.mktemp("elsewhere")
     workdir = cwd / "run"
-    result = _cli(cwd, f"--config={os.path.abspath(ROOT)}/configs/deblur.py:tiny", f"--workdir={workdir}",
+    result = _cli(cwd, f"--config={os.path.abspath(ROOT)}/configs/deblur.py:tiny", MPRNET, f"--workdir={workdir}",
                   "--config.num_train_steps=2", f"--config.data.eval_dir={image_folder}")
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, result.stderr
@@ -90,13 +94,13 @@ def test_eval_mode_uses_the_runs_config_and_appends_its_result(trained, tmp_path
     workdir, _ = trained
     run = tmp_path / "run"
     shutil.copytree(workdir, run)
-    result = _cli(tmp_path, "--config=configs/deblur.py:tiny", f"--workdir={run}", "--mode=eval")
+    result = _cli(tmp_path, "--config=configs/deblur.py:tiny", MPRNET, f"--workdir={run}", "--mode=eval")
     assert result.returncode == 0, result.stderr[-3000:]
     last, evaluated = _eval_lines(run)
     assert evaluated.pop("mode") == "eval" and evaluated == last       # the run's eval folder, not the embedded
     assert len([n for n in os.listdir(run) if n.startswith("events.out")]) == 2
 
-    result = _cli(tmp_path, "--config=configs/deblur.py:tiny", f"--workdir={run}", "--mode=eval",
+    result = _cli(tmp_path, "--config=configs/deblur.py:tiny", MPRNET, f"--workdir={run}", "--mode=eval",
                   "--config.model.critic_width=8")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "--config.model.critic_width=8: the run in this workdir was trained with model.critic_width=16" in result.stderr
@@ -142,7 +146,7 @@ def test_a_failed_save_stops_the_run_with_one_message_and_keeps_the_last_checkpo
     def full_disk():   # room for the small files, not for the state; Python ignores SIGXFSZ: writes get EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
-    result = _cli(tmp_path, "--config=configs/deblur.py:tiny", f"--workdir={run}", "--config.num_train_steps=4",
+    result = _cli(tmp_path, "--config=configs/deblur.py:tiny", MPRNET, f"--workdir={run}", "--config.num_train_steps=4",
                   f"--config.data.eval_dir={image_folder}", preexec_fn=full_disk)
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith(("rcot_jax.main: error", "E1", "W1"))
