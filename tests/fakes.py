@@ -1,6 +1,7 @@
 """Small fabricated inputs the tests share: image files, folders of pairs, copies of the paper's dataset layouts,
 and tiny configs that finish in a few steps; and `command`, a program run as a user runs it."""
 import os
+import re
 import subprocess
 import sys
 
@@ -70,6 +71,13 @@ def tiny(module, **data):
     c.num_train_steps, c.eval_every_steps, c.checkpoint_every_steps = 2, 2, 2
     c.data.update(eval_batch_size=4, **data)
     return c
+
+
+def xla_flags(devices=None):
+    """XLA_FLAGS for a subprocess: the suite's (conftest.py: fast-compiling XLA:CPU, and those rcot_jax adds on
+    import), with `devices` CPU devices (None: XLA's default, one)."""
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ["XLA_FLAGS"]).strip()
+    return f"--xla_force_host_platform_device_count={devices} {flags}" if devices else flags
 
 
 def command(name, *args, cwd=ROOT, timeout=600):

@@ -12,6 +12,7 @@ import portpicker
 import pytest
 from PIL import Image
 
+from fakes import xla_flags
 from rcot_jax import evaluate, parallel
 from rcot_jax.configs import derain
 from rcot_jax.data import pipeline
@@ -69,8 +70,7 @@ def test_two_processes_split_training_and_cover_the_test_split_once(tmp_path):
     _fabricate(tmp_path)
     (tmp_path / "run.py").write_text(SCRIPT)
     address = f"127.0.0.1:{portpicker.pick_unused_port()}"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0",
-               JAX_ENABLE_COMPILATION_CACHE="false")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(4), JAX_ENABLE_COMPILATION_CACHE="false")
     procs = [subprocess.Popen([sys.executable, str(tmp_path / "run.py"), str(i), address, str(tmp_path),
                                str(tmp_path / f"{i}.json"), os.path.dirname(__file__)], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]

@@ -7,7 +7,6 @@ float32 rounding of Gloo's other summation order (the tolerance of the 1 = 8 dev
 import contextlib
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import orbax.checkpoint as ocp
 import portpicker
 import pytest
 
+from fakes import xla_flags
 from rcot_jax.checkpointing import abstract_like
 from rcot_jax.configs import denoise
 from rcot_jax.state import create_train_state
@@ -41,10 +41,8 @@ def _config():
 
 
 def _launch(log, workdir, devices, steps, *flags, **env):
-    # The suite's fast-compiling XLA flags (conftest.py; compiling is most of this test's time), `devices` devices.
-    xla_flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ["XLA_FLAGS"])
-    env = dict(os.environ, **env, JAX_ENABLE_X64="1",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {xla_flags}")
+    # The suite's fast-compiling XLA flags: compiling is most of this test's time.
+    env = dict(os.environ, **env, JAX_ENABLE_X64="1", XLA_FLAGS=xla_flags(devices))
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "rcot_jax.main", *FLAGS, f"--workdir={workdir}",

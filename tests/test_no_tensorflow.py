@@ -9,14 +9,15 @@ import textwrap
 
 import pytest
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
+from fakes import xla_flags
+
 CORE = ["models", "losses", "optim", "state", "steps", "parallel"]
 SHELL = ["evaluate", "inference", "data.pipeline", "train"]
 
 
 def _python(code, tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-           "JAX_COMPILATION_CACHE_DIR": os.path.abspath(os.path.join(ROOT, ".jax_cache"))}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags(1),
+           "JAX_COMPILATION_CACHE_DIR": os.path.abspath(os.environ["JAX_COMPILATION_CACHE_DIR"])}
     run = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr[-5000:]

@@ -1,9 +1,7 @@
 """notebooks/ablations.ipynb: committed without outputs, in sync with its jupytext source notebooks/ablations.py,
 and it runs headless from top to bottom (smoke mode: `RCOT_NOTEBOOK_SMOKE=1`) in a kernel of this interpreter."""
 import json
-import os
 import pathlib
-import re
 import sys
 import time
 
@@ -11,6 +9,8 @@ import jupytext
 import nbformat
 import pytest
 from nbclient import NotebookClient
+
+from fakes import xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "ablations.ipynb"
@@ -56,7 +56,7 @@ def test_runs_headless(tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     # One device, as in Colab, and the suite's fastest-compiling XLA:CPU flags (conftest.py; this checks that the
     # notebook runs, not its speed): its few smoke steps take no time, compiling its train steps takes most of the test.
-    monkeypatch.setenv("XLA_FLAGS", re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ["XLA_FLAGS"]))
+    monkeypatch.setenv("XLA_FLAGS", xla_flags())
     nb = nbformat.read(NOTEBOOK, as_version=4)
     start = time.time()
     NotebookClient(nb, kernel_name=KERNEL, timeout=300,

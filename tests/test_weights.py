@@ -19,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from rcot_jax import models, weights  # noqa: E402
-from rcot_jax.weights import checkpoints, torch_format  # noqa: E402
+from rcot_jax.weights import checkpoints  # noqa: E402
 from rcot_jax.state import init_state  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
