@@ -5,6 +5,7 @@ it and cropped back (`rcot_jax.inference`), `eval_batch_size` at a time rounded 
 several processes each process decodes only its share of each batch and scores it; the scores are gathered, so
 the result equals one process's. Memory holds one batch, whatever the size of the split.
 """
+import functools
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from rcot_jax import metrics as metrics_lib
 from rcot_jax import workdir as workdir_lib
 from rcot_jax.checkpointing import Checkpointer, abstract_like, restore_params
 from rcot_jax.data import pipeline
-from rcot_jax.state import create_train_state
+from rcot_jax.state import create_train_state, program_config
 
 SCORES = ("psnr", "ssim", "input_psnr", "input_ssim")
 
@@ -34,16 +35,22 @@ def plan(shapes, bucket, chunk):
             for shape, idx in sorted(groups.items()) for s in range(0, len(idx), chunk)]
 
 
+@functools.lru_cache(maxsize=8)
+def _jit_apply(config, mesh):
+    """T's (restored, first pass), jitted once per process for each program config and mesh."""
+    t_model, _ = models.build_models(config)
+    return jax.jit(lambda params, x: t_model.apply(params, x, return_first_pass=True),
+                   out_shardings=parallel.replicated(mesh))
+
+
 def make_evaluator(config, mesh):
     """(t_params, eval set, rows, on_item) -> (scores {name: float64 [N]}, degradation names [N], sample rows):
     every item restored and scored with `config.eval.metric_profile`; `rows` items (spread over those process 0
     scores) kept as (degraded, first pass, restored, target) for the sample grid; `on_item(index, restored)` is
     called for each item this process scores."""
-    t_model, _ = models.build_models(config)
     chunk = parallel.round_up(config.data.eval_batch_size, mesh)
     sharding = parallel.batch_sharding(mesh)
-    apply = jax.jit(lambda params, x: t_model.apply(params, x, return_first_pass=True),
-                    out_shardings=parallel.replicated(mesh))
+    apply = _jit_apply(program_config(config), mesh)
     pi, pc = jax.process_index(), jax.process_count()
     share = chunk // pc
     profile, border = config.eval.metric_profile, config.eval.crop_border

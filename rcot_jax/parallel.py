@@ -24,6 +24,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rcot_jax import models, steps
+from rcot_jax.state import program_config
 
 DATA_AXIS = "data"
 WRAPPERS = ("shard_map", "pmap")
@@ -80,11 +81,24 @@ def _for_mesh(config, mesh):
 def jit_train_step(config, mesh: Mesh):
     """`jax.jit(jax.shard_map(train_step))` over `mesh`: (replicated state, batch split along `data`, key) ->
     (replicated state, global metrics), the state donated. Call it on placed arrays, or `.lower()` it on
-    `jax.ShapeDtypeStruct`s with these shardings."""
-    step = functools.partial(steps.train_step, config=_for_mesh(config, mesh), axis_name=DATA_AXIS)
+    `jax.ShapeDtypeStruct`s with these shardings. One per process for each program config and mesh: a later
+    launch with the same step reuses it, traced and compiled."""
+    return _jit_train_step(program_config(_for_mesh(config, mesh)), mesh)
+
+
+@functools.lru_cache(maxsize=8)
+def _jit_train_step(config, mesh):
+    step = functools.partial(steps.train_step, config=config, axis_name=DATA_AXIS)
     # check_vma=False: the step reduces gradients itself (pmap semantics), see losses.py.
     return jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()), out_specs=(P(), P()),
                                  check_vma=False), donate_argnums=0)
+
+
+@functools.lru_cache(maxsize=8)
+def _pmap_train_step(config, mesh):
+    step = functools.partial(steps.train_step, config=config, axis_name=DATA_AXIS)
+    return jax.pmap(step, axis_name=DATA_AXIS, in_axes=(None, 0, None), out_axes=(None, None),
+                    devices=list(mesh.devices.flat), donate_argnums=0)
 
 
 def _check_batch(batch, mesh):
@@ -105,9 +119,7 @@ def compile_train_step(config, mesh: Mesh):
             return sharded(jax.device_put(state, replicated(mesh)), jax.device_put(batch, batch_sharding(mesh)),
                            jax.device_put(rng, replicated(mesh)))
     elif wrapper == "pmap":
-        step = functools.partial(steps.train_step, config=_for_mesh(config, mesh), axis_name=DATA_AXIS)
-        mapped = jax.pmap(step, axis_name=DATA_AXIS, in_axes=(None, 0, None), out_axes=(None, None),
-                          devices=list(mesh.devices.flat), donate_argnums=0)
+        mapped = _pmap_train_step(program_config(_for_mesh(config, mesh)), mesh)
 
         def run(state, batch, rng):
             _check_batch(batch, mesh)

@@ -4,6 +4,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from rcot_jax import models, optim
 
@@ -21,6 +22,19 @@ class RCOTState:
     f_params: Any         # potential (critic) F
     t_opt_state: Any
     f_opt_state: Any
+
+
+# The config sections that a step and its state's initialiser read (with `data.patch_size`): two configs that
+# agree on them compile to the same programs.
+PROGRAM_SECTIONS = ("model", "loss", "critic", "optim", "precision")
+
+
+def program_config(config):
+    """The part of `config` that the step and the initialiser read, frozen: hashable and compared by value, the key
+    of a compiled program shared by the launches of one process (a notebook cell run again, a resumed run, the
+    ablation runner). A step or initialiser that read any other key would fail on this config, not share wrongly."""
+    return ml_collections.FrozenConfigDict({**{k: config[k] for k in PROGRAM_SECTIONS},
+                                            "data": {"patch_size": config.data.patch_size}})
 
 
 def seed_keys(seed):

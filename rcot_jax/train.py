@@ -14,6 +14,7 @@ Workdir contents:
 Re-running with the same workdir resumes from the latest checkpoint; a finished run is not retrained.
 """
 import contextlib
+import functools
 import json
 import os
 import pathlib
@@ -34,7 +35,7 @@ from rcot_jax import writers
 from rcot_jax.evaluate import eval_line, eval_scalars, evaluate, make_evaluator, sample_grid
 from rcot_jax.checkpointing import Checkpointer, abstract_like
 from rcot_jax.data import pipeline
-from rcot_jax.state import create_train_state, jit_init, seed_keys
+from rcot_jax.state import create_train_state, jit_init, program_config, seed_keys
 from rcot_jax.weights import checkpoints as weights_checkpoints
 
 BATCH_KEYS = ("degraded", "target", "paired", "de_id")   # what the train step reads
@@ -124,7 +125,13 @@ def _check_fits(config, mesh):
 def initial_state(config, sharding):
     """A run's step-0 state, from `config.seed`'s init key, created in place with `sharding` (on several
     processes a host value cannot be device_put globally)."""
-    return jit_init(lambda: create_train_state(config, seed_keys(config.seed)[0]), out_shardings=sharding)()
+    return _initialiser(program_config(config), config.seed, sharding)()
+
+
+@functools.lru_cache(maxsize=4)
+def _initialiser(config, seed, sharding):
+    """One per process for each program config, seed and sharding: a later launch reuses it compiled."""
+    return jit_init(lambda: create_train_state(config, seed_keys(seed)[0]), out_shardings=sharding)
 
 
 def _restore_or_init(config, ckpt, sharding, data_iter):

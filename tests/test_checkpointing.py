@@ -1,7 +1,9 @@
 """rcot_jax.checkpointing: an unreadable newest checkpoint falls back to the previous one (never to a fresh
-start); a failed save's reason in the system's words; the writes a failed save abandons stay out of the log; small
-replicated arrays written whole. A failed save stopping a run: tests/test_cli.py."""
+start; the resumed launch reuses the step the first compiled); a failed save's reason in the system's words; the
+writes a failed save abandons stay out of the log; small replicated arrays written whole. A failed save
+stopping a run: tests/test_cli.py."""
 import asyncio
+import contextlib
 import gc
 import os
 import shutil
@@ -16,6 +18,22 @@ from fakes import loop_config
 from rcot_jax import checkpointing, parallel, train
 
 
+@contextlib.contextmanager
+def _traced():
+    """The names of the functions JAX traces for compilation meanwhile."""
+    names = []
+
+    def listener(event, duration, **kwargs):
+        if event.startswith("/jax/core/compile/"):
+            names.append(kwargs.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield names
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
 def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
     config = loop_config()
     config.checkpoint_every_steps = 1
@@ -26,8 +44,10 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path
     biggest = max(files, key=os.path.getsize)
     os.truncate(biggest, os.path.getsize(biggest) // 2)
     config.num_train_steps = 3
-    state = train.train_and_evaluate(config, str(tmp_path))
+    with _traced() as traced:
+        state = train.train_and_evaluate(config, str(tmp_path))
     assert int(state.step) == 3
+    assert "train_step" not in traced       # the launch before compiled the same step: this one reused it
     assert "checkpoint 2 is unreadable: moved to" in caplog.text and "resuming from checkpoint 1" in caplog.text
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2", "2.unreadable", "3"]
     shutil.rmtree(tmp_path / "checkpoints" / "1")
@@ -71,19 +91,10 @@ def test_a_replicated_state_is_saved_whole_without_a_program_per_replica_slice(t
     to trace and compile (15 s at the tiny config's first save); arrays this small are written whole."""
     mesh = parallel.make_mesh(jax.devices()[:8])
     state = jax.device_put({"a": jnp.arange(40 * 56.).reshape(40, 56), "b": jnp.arange(24)}, parallel.replicated(mesh))
-    traced = []
-
-    def listener(event, duration, **kwargs):
-        if event.startswith("/jax/core/compile/"):
-            traced.append(kwargs.get("fun_name"))
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with _traced() as traced:
         ckpt = checkpointing.Checkpointer(tmp_path / "checkpoints", keep=1)
         ckpt.save(0, state, iter(grain.MapDataset.range(4).to_iter_dataset()))
         ckpt.wait()
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     assert traced == []
     restored = ckpt.restore(0, checkpointing.abstract_like(state, parallel.replicated(mesh)),
                             iter(grain.MapDataset.range(4).to_iter_dataset()))
