@@ -1,5 +1,6 @@
 """Small fabricated inputs the tests share: image files, folders of pairs, copies of the paper's dataset layouts,
 and tiny configs that finish in a few steps; and `command`, a program run as a user runs it."""
+import functools
 import os
 import re
 import subprocess
@@ -63,6 +64,19 @@ def loop_config():
     config = deblur.get_config("tiny")
     config.model.backbone = "mprnet"
     return config
+
+
+@functools.cache
+def tiny_t_params(backbone):
+    """The parameters of the tiny config's map T with `backbone` (they depend neither on the input's size nor on
+    `model.remat`), initialised once per process: for the tests of the networks themselves."""
+    import jax
+    import jax.numpy as jnp
+    from rcot_jax import models
+    from rcot_jax.configs import default
+    config = default.get_config("tiny")
+    config.model.backbone = backbone
+    return jax.jit(models.build_models(config)[0].init)(jax.random.key(1), jnp.zeros((1, 8, 8, 3)))
 
 
 def tiny(module, **data):

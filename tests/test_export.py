@@ -8,21 +8,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fakes import command, photo
+from fakes import command, photo, tiny_t_params
 from rcot_jax import export, inference
 
 
 @pytest.fixture(scope="module", params=["restormer", "mprnet"])
 def tiny_maps(request):
-    import jax
-    import jax.numpy as jnp
     from rcot_jax import models
     from rcot_jax.configs import denoise
-    from rcot_jax.state import jit_init
     c = denoise.get_config("tiny")
     c.model.backbone, c.model.remat = request.param, "full"     # as the task configs train them
-    t_model, _ = models.build_models(c)
-    return t_model, jit_init(t_model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    return models.build_models(c)[0], tiny_t_params(request.param)
 
 
 def _save(path, data):

@@ -1,10 +1,9 @@
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fakes import tiny_t_params
 from rcot_jax import models
 from rcot_jax.configs import default
 
@@ -31,12 +30,6 @@ def tiny():
     return default.get_config("tiny")
 
 
-@functools.cache
-def _initial(backbone):
-    """The tiny map's parameters (they do not depend on the input's size), initialised once per backbone."""
-    return jax.jit(_tiny_map(default.get_config("tiny"), backbone).init)(jax.random.key(1), jnp.zeros((1, 8, 8, 3)))
-
-
 def _tiny_map(config, backbone, **overrides):
     config = config.copy_and_resolve_references()
     config.model.backbone = backbone
@@ -48,7 +41,7 @@ def _tiny_map(config, backbone, **overrides):
 @pytest.mark.parametrize("backbone", ["restormer", "mprnet"])
 def test_single_pass_equals_first_pass(tiny, backbone):
     x = jax.random.uniform(jax.random.key(0), (2, 16, 24, 3))
-    two, params = _tiny_map(tiny, backbone), _initial(backbone)
+    two, params = _tiny_map(tiny, backbone), tiny_t_params(backbone)
     out, first = jax.jit(lambda p, x: two.apply(p, x, return_first_pass=True))(params, x)
     assert out.shape == first.shape == x.shape
 
@@ -67,7 +60,7 @@ def test_single_pass_equals_first_pass(tiny, backbone):
 def test_cond_scale_is_used(tiny, backbone):
     x = jax.random.uniform(jax.random.key(0), (1, 16, 16, 3))
     a, b = _tiny_map(tiny, backbone, cond_scale=0.8), _tiny_map(tiny, backbone, cond_scale=0.0)
-    params = _initial(backbone)
+    params = tiny_t_params(backbone)
     assert float(jnp.abs(jax.jit(a.apply)(params, x) - jax.jit(b.apply)(params, x)).max()) > 1e-5
 
 
