@@ -15,6 +15,7 @@ is the device's peak bytes in use where the backend reports it, else the process
 `--mode=aot` compiles the train step for a TPU slice on this host (rcot_jax/aot.py; needs the `tpu-aot` extra)
 and prints per-chip memory, FLOPs and whether it fits; `--find_max_batch` adds the largest per-chip batch that does.
 """
+import functools
 import json
 import resource
 import sys
@@ -63,8 +64,10 @@ def _gflop(fn, *args):
     return float(cost.get("flops", float("nan"))) / 1e9
 
 
+@functools.lru_cache
 def peak_matmul_gflops(dtype, n=4096, repeats=5):
-    """Achieved GFLOP/s of an n x n matmul in `dtype` (float32 accumulation), median of `repeats`."""
+    """Achieved GFLOP/s of an n x n matmul in `dtype` (float32 accumulation), median of `repeats`; measured once
+    per process (the records of one process share it)."""
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     matmul = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
     matmul(a, a).block_until_ready()

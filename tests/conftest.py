@@ -22,6 +22,45 @@ def pytest_configure(config):
                                        "`-m \"not slow\"`")
 
 
+# Test files whose tests share compiled programs and session fixtures (the run loop's config and saved run; the
+# float64 start and reference steps). With `-n N` (xdist's `--dist load`), each group runs on one worker, which
+# traces them once and compiles them once, instead of two workers compiling the same programs at the same time.
+GROUPS = {"test_train.py": "loop", "test_checkpointing.py": "loop", "test_workdir.py": "loop",
+          "test_benchmark.py": "loop", "test_parallel.py": "float64", "test_accumulate.py": "float64"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Grouped(LoadScopeScheduling):
+        """xdist's load balancing of single tests, with the files of a group as one unit, sent first."""
+        def _split_scope(self, nodeid):
+            return GROUPS.get(nodeid.split("::")[0].rpartition("/")[2], nodeid)
+
+    return Grouped(config, log)
+
+
+@pytest.fixture(scope="session")
+def float64_runs():
+    """`fakes.float64_start()` and two steps of the plain step on one device from it, for each Fourier variant:
+    (config, state, batch, {variant: fakes.run_steps(...)}), float64."""
+    import functools
+    import jax
+    from fakes import float64_start, run_steps
+    from rcot_jax import steps
+
+    with jax.enable_x64(True):
+        config, state, batch = float64_start()
+        runs = {}
+        for variant in ("paper", "official"):
+            cfg = config.copy_and_resolve_references()
+            cfg.loss.fourier_variant = variant
+            runs[variant] = run_steps(jax.jit(functools.partial(steps.train_step, config=cfg)), state, batch, 2)
+    return config, state, batch, runs
+
+
 @pytest.fixture(scope="session")
 def tiny_map():
     """(T, its initial parameters) of the tiny MPRNet denoising config: the map the restore tests run."""

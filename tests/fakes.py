@@ -79,6 +79,55 @@ def tiny_t_params(backbone):
     return jax.jit(models.build_models(config)[0].init)(jax.random.key(1), jnp.zeros((1, 8, 8, 3)))
 
 
+def comparison_batch(dtype=np.float64):
+    """A batch of 8 whose samples differ in noise level, pairing and Fourier exponent, so that a share computed from
+    part of the batch alone (a device's, a micro-batch's) differs from the batch's."""
+    rng = np.random.default_rng(0)
+    clean = rng.random((8, 32, 32, 3))
+    sigma = np.array([0.05, 0.1, 0.4, 0.2, 0.3, 0.05, 0.15, 0.25])[:, None, None, None]
+    degraded = np.clip(clean + sigma * rng.standard_normal(clean.shape), 0, 1)
+    return {"degraded": degraded.astype(dtype), "target": clean.astype(dtype),
+            "paired": np.array([1, 0, 0, 1, 1, 1, 1, 0], bool),        # 2 + 3 per half, 1 1 2 1 per quarter
+            "de_id": np.array([0, 3, 1, 5, 4, 2, 6, 8], np.int32)}     # p = 2 1 2 1 1 2 1 1
+
+
+def comparison_config(critic_width=4):
+    """The tiny config with the MPRNet map (no network mixes samples: the smaller graph checks the same reductions),
+    with a critic of width 4 by default (float64 steps in a third of the tiny config's 16-wide one's time)."""
+    from rcot_jax.configs import default
+    config = default.get_config("tiny")
+    config.model.backbone = "mprnet"
+    config.model.critic_width = critic_width
+    return config
+
+
+def float64_start():
+    """The float64 comparisons' start (tests/test_parallel.py, tests/test_accumulate.py; call with 64-bit JAX on):
+    (`comparison_config()`, its initial state on the host, `comparison_batch()`)."""
+    import jax
+    from rcot_jax.state import init_state
+    config = comparison_config()
+    return config, host_copy(init_state(config, jax.random.key(1))), comparison_batch()
+
+
+def host_copy(tree):
+    """`tree`'s arrays copied to the host: a state to start compiled steps from, which donate their input state
+    (copying it on the device instead compiles a program per leaf shape)."""
+    import jax
+    return jax.tree.map(np.array, tree)
+
+
+def run_steps(step_fn, state, batch, n):
+    """[(state on the host, {metric: float})] after each of `n` calls `step_fn(state, batch, key(7))`."""
+    import jax
+    runs = []
+    for _ in range(n):
+        state, metrics = step_fn(state, batch, jax.random.key(7))
+        state = host_copy(state)
+        runs.append((state, {k: float(v) for k, v in metrics.items()}))
+    return runs
+
+
 def tiny(module, **data):
     """The `tiny` config of a task module, two steps, with `data` overrides."""
     c = module.get_config("tiny")

@@ -36,8 +36,11 @@ def test_vmapped_variants_take_the_steps_they_take_alone():
     data = [_batches(c, 3) for c in runs]
     keys = [seed_keys(c.seed) for c in runs]
     values = jax.tree.map(lambda *v: np.asarray(v, np.float32), *[steps.config_scalars(c) for c in runs])
-    initial = jit_init(jax.vmap(lambda k: create_train_state(config, k)))(jnp.stack([k[0] for k in keys]))
-    states = jax.tree.map(jnp.copy, initial)       # the sweep donates its states
+    # On the host (the steps donate their states: each call copies them to the device), and indexed there: one
+    # small program per leaf shape to copy or index them on the device would take longer than the sweep.
+    initial = jax.tree.map(np.asarray, jit_init(jax.vmap(lambda k: create_train_state(config, k)))(
+        jnp.stack([k[0] for k in keys])))
+    states = initial
     sweep = jax.jit(steps.sweep_train_step(config), donate_argnums=0)     # as rcot_jax.ablate compiles it
     for i in range(3):
         batch = {k: np.stack([d[i][k] for d in data]) for k in BATCH_KEYS}

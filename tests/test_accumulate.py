@@ -11,19 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fakes import comparison_batch, comparison_config, host_copy, run_steps
 from rcot_jax import parallel, steps
-from rcot_jax.configs import default
 from rcot_jax.state import init_state
-
-
-def _batch(dtype):
-    rng = np.random.default_rng(0)
-    clean = rng.random((8, 32, 32, 3))
-    sigma = np.array([0.05, 0.1, 0.4, 0.2, 0.3, 0.05, 0.15, 0.25])[:, None, None, None]
-    degraded = np.clip(clean + sigma * rng.standard_normal(clean.shape), 0, 1)
-    return {"degraded": degraded.astype(dtype), "target": clean.astype(dtype),
-            "paired": np.array([1, 0, 0, 1, 1, 1, 1, 0], bool),        # 2 + 3 per half, 1 1 2 1 per quarter
-            "de_id": np.array([0, 3, 1, 5, 4, 2, 6, 8], np.int32)}     # p = 2 1 2 1 1 2 1 1
 
 
 def _rel(a, b):
@@ -33,18 +23,15 @@ def _rel(a, b):
     return np.sqrt(num / sum(np.sum(np.asarray(y, np.float64) ** 2) for y in lb))
 
 
-def _config(k, critic_width=None):
-    config = default.get_config("tiny")
-    config.model.backbone = "mprnet"    # no network mixes samples; its step compiles in half the Restormer's time
-    config.model.critic_width = critic_width or config.model.critic_width
+def _config(k, critic_width=4):
+    config = comparison_config(critic_width)
     config.optim.accumulate_steps = k
     return config
 
 
 def _step(config, state, batch, step_fn=None):
     step_fn = step_fn or jax.jit(functools.partial(steps.train_step, config=config))
-    new, metrics = step_fn(jax.tree.map(jnp.copy, state), batch, jax.random.key(7))
-    return new, {k: float(v) for k, v in metrics.items()}
+    return run_steps(step_fn, state, batch, 1)[0]
 
 
 def _check(got, want, tol, metrics_abs):
@@ -58,23 +45,15 @@ def _check(got, want, tol, metrics_abs):
 
 
 @pytest.fixture(scope="module")
-def x64():
-    with jax.enable_x64(True):
-        yield
-
-
-NARROW = 4   # the float64 tests' critic width: their steps run in a third of the time of the tiny config's 16
-
-
-@pytest.fixture(scope="module")
-def setup64(x64):
-    state = init_state(_config(1, NARROW), jax.random.key(1))
-    assert jax.tree.leaves(state.t_params)[0].dtype == jnp.float64
-    batch = _batch(np.float64)
-    reference = _step(_config(1, NARROW), state, batch)
+def setup64(float64_runs):
+    """(state, batch, one plain step from it on one device), float64, with 64-bit JAX on."""
+    config, state, batch, runs = float64_runs
+    assert config.optim.accumulate_steps == 1 and jax.tree.leaves(state.t_params)[0].dtype == jnp.float64
+    reference = runs["paper"][0]
     # The parameters moved: equality is not the trivial kind.
     assert _rel(reference[0].t_params, state.t_params) > 1e-4 and _rel(reference[0].f_params, state.f_params) > 1e-4
-    return state, batch, reference
+    with jax.enable_x64(True):
+        yield state, batch, reference
 
 
 F64 = {"state": 1e-9, "metrics": 1e-9}
@@ -82,31 +61,31 @@ F64 = {"state": 1e-9, "metrics": 1e-9}
 
 def test_accumulation_equals_one_step_float64(setup64):
     state, batch, reference = setup64
-    _check(_step(_config(4, NARROW), state, batch), reference, F64, metrics_abs=1e-12)
+    _check(_step(_config(4), state, batch), reference, F64, metrics_abs=1e-12)
 
 
 def test_accumulation_over_devices_float64(setup64):
     """2 micro-batches on each of 2 devices (shard_map) = 1 device, no accumulation."""
     state, batch, reference = setup64
-    config = _config(2, NARROW)
+    config = _config(2)
     step_fn = parallel.compile_train_step(config, parallel.make_mesh(jax.devices()[:2]))
     _check(_step(config, state, batch, step_fn), reference, F64, metrics_abs=1e-12)
 
 
 def test_accumulation_equals_one_step_float32():
-    # The critic's Wasserstein gradient is a difference of two nearly equal terms at initialisation, so its
-    # float32 rounding is ~1e-4 relative (F's optimiser state holds its square), and RMSprop's first, sign-like
-    # step carries that into F's parameters (~1e-5, as between 1 and 8 devices, see docs/training.md). critic_loss is
-    # such a difference too (~3e-8), so only its absolute error is meaningful.
+    # The tiny config's critic (width 16). The critic's Wasserstein gradient is a difference of two nearly equal
+    # terms at initialisation, so its float32 rounding is ~1e-4 relative (F's optimiser state holds its square), and
+    # RMSprop's first, sign-like step carries that into F's parameters (~1e-5, as between 1 and 8 devices, see
+    # docs/training.md). critic_loss is such a difference too (~3e-8), so only its absolute error is meaningful.
     with jax.enable_x64(False):
-        state = init_state(_config(1), jax.random.key(1))
-        batch = _batch(np.float32)
-        _check(_step(_config(4), state, batch), _step(_config(1), state, batch),
+        state = host_copy(init_state(_config(1, 16), jax.random.key(1)))
+        batch = comparison_batch(np.float32)
+        _check(_step(_config(4, 16), state, batch), _step(_config(1, 16), state, batch),
                {"state": 1e-5, "metrics": 1e-5, "f": 1e-4, "f_opt": 1e-3}, metrics_abs=1e-6)
 
 
 def test_indivisible_batch_is_rejected():
     with jax.enable_x64(False):
-        state = init_state(_config(1), jax.random.key(1))
+        state = init_state(_config(1, 16), jax.random.key(1))
         with pytest.raises(ValueError, match="accumulate_steps=3 does not divide the 8 samples"):
-            _step(_config(3), state, _batch(np.float32))
+            _step(_config(3, 16), state, comparison_batch(np.float32))

@@ -34,6 +34,8 @@ def _traced():
         jax.monitoring.unregister_event_duration_listener(listener)
 
 
+# Orbax abandons the other reads of a restore that fails (the last launch below): their coroutines are freed unawaited.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
     config = loop_config()
     config.checkpoint_every_steps = 1
@@ -56,6 +58,7 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path
                         key=os.path.getsize), 10)
     with pytest.raises(Exception, match="array"):
         train.train_and_evaluate(config, str(tmp_path))
+    gc.collect()                                         # here, not in a later test
 
 
 @pytest.mark.parametrize("error", [

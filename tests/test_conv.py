@@ -21,21 +21,18 @@ def _random(shape, seed, dtype):
 
 
 def _check_all_orders(ours, ref, x, kernel, rtol):
-    """Values, first-order gradients wrt both arguments, and the gradient penalty's double gradient."""
-    np.testing.assert_allclose(ours(x, kernel), ref(x, kernel), rtol=rtol, atol=rtol)
-    probe = _random(ref(x, kernel).shape, 7, x.dtype)
+    """Values, first-order gradients wrt both arguments, and the gradient penalty's double gradient, each compiled
+    as the steps compile them (and as one program: op by op, each operation would compile on its own)."""
+    probe = _random(jax.eval_shape(ref, x, kernel).shape, 7, x.dtype)
 
-    def first(f):
-        return jax.grad(lambda a, b: jnp.sum(f(a, b) * probe), argnums=(0, 1))
+    def orders(f):
+        first = jax.grad(lambda a, b: jnp.sum(f(a, b) * probe), argnums=(0, 1))
+        # d/d(kernel, x) of |d/dx sum(tanh(f))|^2: the input gradient differentiated again
+        penalty = jax.grad(lambda a, b: jnp.sum(jax.grad(lambda a_: jnp.sum(jnp.tanh(f(a_, b))))(a) ** 2),
+                           argnums=(0, 1))
+        return jax.jit(lambda a, b: (f(a, b), *first(a, b), *penalty(a, b)))(x, kernel)
 
-    for got, want in zip(first(ours)(x, kernel), first(ref)(x, kernel)):
-        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol)
-
-    def penalty(f):  # d/d(kernel, x) of |d/dx sum(tanh(f))|^2: the input gradient differentiated again
-        return jax.grad(lambda a, b: jnp.sum(jax.grad(lambda a_: jnp.sum(jnp.tanh(f(a_, b))))(a) ** 2),
-                        argnums=(0, 1))
-
-    for got, want in zip(penalty(ours)(x, kernel), penalty(ref)(x, kernel)):
+    for got, want in zip(orders(ours), orders(ref)):
         np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol)
 
 

@@ -88,7 +88,7 @@ def test_critic_matches_torch_with_mapped_weights():
     p = 32
     x = RNG.random((2, p, p, 3)).astype(np.float32)
     critic = models.Critic(patch_size=p)
-    params = critic.init(jax.random.key(0), jnp.asarray(x))["params"]
+    params = jax.jit(critic.init)(jax.random.key(0), jnp.asarray(x))["params"]
     t = _nchw(x)
     for i, (_, stride, pad, _, bias) in enumerate(CONV_LAYERS):
         layer = params[f"features_{2 * i}"]
@@ -102,4 +102,4 @@ def test_critic_matches_torch_with_mapped_weights():
                          torch.from_numpy(np.array(params[name]["bias"])))
 
     ref = linear(TF.leaky_relu(linear(linear(t, "fc"), "fc1"), 0.2), "fc2")[:, 0]
-    np.testing.assert_allclose(critic.apply({"params": params}, jnp.asarray(x)), ref.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(critic.apply)({"params": params}, x), ref.numpy(), rtol=1e-4, atol=1e-5)

@@ -81,7 +81,8 @@ def critic64():
     with jax.enable_x64(True):
         critic = Critic(patch_size=32, width=8)
         # x4 the official init's scale: F's derivatives well above finite differences' float64 rounding
-        params = jax.tree.map(lambda a: 4 * a, jax.jit(critic.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+        params = jax.tree.map(lambda a: 4 * np.asarray(a), jax.jit(critic.init)(jax.random.key(0),
+                                                                           jnp.zeros((1, 32, 32, 3))))
         assert jax.tree.leaves(params)[0].dtype == jnp.float64
     return critic, params
 
@@ -113,28 +114,28 @@ def test_gradient_penalty_against_finite_differences(critic64):
         # d(GP)/d(params) (double backprop) along a random direction in every parameter. The penalty jumps
         # where a LeakyReLU at x_hat changes side, so the step is kept far below the smallest pre-activation.
         grads = jax.jit(jax.grad(gp))(params)
-        direction = jax.tree.map(lambda a: jnp.asarray(rng.standard_normal(a.shape)), params)
+        direction = jax.tree.map(lambda a: rng.standard_normal(a.shape), params)      # on the host, as params
         shifted = lambda s: jax.tree.map(lambda a, d: a + s * d, params, direction)  # noqa: E731
         h = 1e-8
         fd = (gp(shifted(h)) - gp(shifted(-h))) / (2 * h)
-        analytic = sum(jnp.sum(a * d) for a, d in zip(jax.tree.leaves(grads), jax.tree.leaves(direction)))
+        analytic = sum(np.sum(np.asarray(a) * d) for a, d in zip(jax.tree.leaves(grads), jax.tree.leaves(direction)))
         np.testing.assert_allclose(float(analytic), float(fd), rtol=1e-5)
 
 
 def test_no_nan_at_zero_gradient_and_zero_residual(critic64):
     critic, params = critic64
-    zero_critic = jax.tree.map(jnp.zeros_like, params)  # F constant: its input gradient is exactly 0
+    zero_critic = jax.tree.map(np.zeros_like, params)  # F constant: its input gradient is exactly 0
     with jax.enable_x64(True):
         t = jnp.zeros((2, 32, 32, 3))
         gp_fn = lambda p: losses.gradient_penalty(lambda z: critic.apply(p, z), t, t + 0.5, jnp.array([0.2, 0.7]), 10.0)  # noqa: E731
         value, grads = jax.jit(jax.value_and_grad(gp_fn))(zero_critic)
         assert float(value) == pytest.approx(10.0)
-        assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+        assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
 
     def cost(restored, variant):
         return losses.transport_cost(x, restored, jnp.array([2, 1]), 1.0, variant)[0]
 
     x = jnp.full((2, 8, 8, 3), 0.3)
     for variant in ("paper", "official"):
-        g = jax.grad(cost)(x, variant)  # zero residual: |F r| and the RMSE are 0
-        assert bool(jnp.all(jnp.isfinite(g)))
+        g = jax.jit(jax.grad(cost), static_argnums=1)(x, variant)  # zero residual: |F r| and the RMSE are 0
+        assert np.isfinite(g).all()

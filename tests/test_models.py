@@ -68,9 +68,10 @@ def test_critic_output_and_input_size_check():
     critic = models.Critic(patch_size=32)
     x = jnp.ones((3, 32, 32, 3))
     params = jax.jit(critic.init)(jax.random.key(0), x)
-    assert critic.apply(params, x).shape == (3,)
+    apply = jax.jit(critic.apply)
+    assert apply(params, x).shape == (3,)
     with pytest.raises(ValueError, match="patch_size=32"):
-        critic.apply(params, jnp.ones((3, 64, 64, 3)))
+        apply(params, jnp.ones((3, 64, 64, 3)))
 
 
 def test_map_size_checks():

@@ -56,20 +56,21 @@ def test_the_initialisers_faster_compile_gives_the_same_parameters():
     """`state.jit_init` compiles an initialiser at a lower XLA:CPU optimisation level; XLA's default level gives the
     same parameters: bit for bit with jaxlib 0.10; with 0.12.1 XLA rounds the scaling of some random bits differently
     at levels 1 and 3 (at most 1 ulp of a leaf's largest value). Both under XLA:CPU's default emitters (the suite's
-    flags choose faster-compiling ones, with which level 3 takes minutes)."""
+    flags choose faster-compiling ones, with which level 3 takes minutes). On the critic's initialiser, whose
+    leaves are drawn by both random initialisers (the official normal(0.02) and PyTorch's uniform) and which
+    compiles in half the time of the map's."""
     config = default.get_config("tiny")
-    config.model.backbone = "mprnet"
-    t_model, _ = models.build_models(config)
-    x, key = jnp.zeros((1, 8, 8, 3)), jax.random.key(3)
+    _, f_model = models.build_models(config)
+    x, key = jnp.zeros((1, 32, 32, 3)), jax.random.key(3)
 
     emitters = {"xla_cpu_use_fusion_emitters": True} if "fusion_emitters" in os.environ.get("XLA_FLAGS", "") else {}
 
     def init(options):
-        compiled = jax.jit(t_model.init).lower(key, x).compile(compiler_options={**emitters, **options})
+        compiled = jax.jit(f_model.init).lower(key, x).compile(compiler_options={**emitters, **options})
         return jax.tree.leaves(compiled(key, x))
 
     leaves = init(_INIT_OPTIONS["cpu"]), init({"xla_backend_optimization_level": 3})
-    assert len(leaves[0]) > 50
+    assert len(leaves[0]) > 20
     for a, b in zip(*leaves):
         a, b = np.asarray(a), np.asarray(b)
         np.testing.assert_allclose(a, b, rtol=0, atol=np.spacing(np.abs(a).max()))

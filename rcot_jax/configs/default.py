@@ -4,7 +4,7 @@
 critic lr 1e-4, map lr 5e-5, x0.1 every 20 epochs, lambda_F 1, lambda_pair 1e4, lambda_GP 10, fully paired),
 with the paper's Fourier cost (`loss.fourier_variant='official'` reproduces the official trainer's).
 `'quick'`: a small MPRNet map and a narrow critic that visibly restore within minutes on a 2-core CPU.
-`'tiny'`: the same architecture, narrower, small enough for CPU tests.
+`'tiny'`: the same architecture, narrower and shallower (one MPRNet CAB per scale), small enough for CPU tests.
 """
 import ml_collections
 
@@ -33,7 +33,7 @@ def get_config(arg=None):
     c.model.cond_scale = 0.8
     c.model.restormer = dict(dim=48, num_blocks=(4, 6, 6, 8), num_refinement_blocks=4, heads=(1, 2, 4, 8),
                              ffn_expansion_factor=2.66)
-    c.model.mprnet = dict(n_feat=80, scale_unetfeats=48, reduction=4)
+    c.model.mprnet = dict(n_feat=80, scale_unetfeats=48, reduction=4, cabs_per_scale=2)
     c.model.critic_width = 64                 # channels of the critic's first convolution (official: 64)
     c.model.remat = "full"                    # 'none' | 'full' | 'dots': recompute transformer blocks / CABs in
                                               # the backward pass: the paper's settings need 22 GB of XLA
@@ -137,7 +137,7 @@ def get_config(arg=None):
     if arg == "quick":
         c.num_train_steps = 2000
         c.model.backbone = "mprnet"           # on a CPU, far faster per pixel than the Restormer map
-        c.model.mprnet = dict(n_feat=16, scale_unetfeats=8, reduction=4)
+        c.model.mprnet = dict(n_feat=16, scale_unetfeats=8, reduction=4, cabs_per_scale=2)
         c.model.critic_width = 8
         c.data.patch_size = 32                # many small steps learn faster per CPU-second than few large
         c.data.batch_size = 8
@@ -151,7 +151,7 @@ def get_config(arg=None):
         c.num_train_steps = 3
         c.model.restormer = dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 2, 2),
                                  ffn_expansion_factor=2.66)
-        c.model.mprnet = dict(n_feat=8, scale_unetfeats=4, reduction=4)
+        c.model.mprnet = dict(n_feat=8, scale_unetfeats=4, reduction=4, cabs_per_scale=1)
         c.model.critic_width = 16
         c.data.patch_size = 32
         c.data.batch_size = 8

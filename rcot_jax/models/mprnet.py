@@ -56,19 +56,21 @@ class CABs(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Three scales of 2 CABs; bilinear x0.5 then 1x1 conv adding `scale_unetfeats` channels between scales."""
+    """Three scales of `cabs` CABs (official: 2); bilinear x0.5 then 1x1 conv adding `scale_unetfeats` channels
+    between scales."""
     scale_unetfeats: int
     reduction: int
+    cabs: int
     remat: str = "none"
 
     @nn.compact
     def __call__(self, x, slope):
-        s, r = self.scale_unetfeats, self.reduction
-        enc1 = CABs(2, r, self.remat, name="encoder_level1")(x, slope)
+        s, r, n = self.scale_unetfeats, self.reduction, self.cabs
+        enc1 = CABs(n, r, self.remat, name="encoder_level1")(x, slope)
         x = Conv2d(enc1.shape[-1] + s, 1, name="down12")(bilinear_downsample_x2(enc1))
-        enc2 = CABs(2, r, self.remat, name="encoder_level2")(x, slope)
+        enc2 = CABs(n, r, self.remat, name="encoder_level2")(x, slope)
         x = Conv2d(enc2.shape[-1] + s, 1, name="down23")(bilinear_downsample_x2(enc2))
-        enc3 = CABs(2, r, self.remat, name="encoder_level3")(x, slope)
+        enc3 = CABs(n, r, self.remat, name="encoder_level3")(x, slope)
         return enc1, enc2, enc3
 
 
@@ -76,20 +78,21 @@ class Decoder(nn.Module):
     """Mirror of the encoder; skips pass through a CAB and are added after bilinear x2 + 1x1 conv."""
     scale_unetfeats: int
     reduction: int
+    cabs: int
     remat: str = "none"
 
     @nn.compact
     def __call__(self, feats, slope):
         enc1, enc2, enc3 = feats
-        r = self.reduction
+        r, n = self.reduction, self.cabs
         cab = remat(CAB, self.remat)
-        dec3 = CABs(2, r, self.remat, name="decoder_level3")(enc3, slope)
+        dec3 = CABs(n, r, self.remat, name="decoder_level3")(enc3, slope)
         x = Conv2d(enc2.shape[-1], 1, name="up32")(bilinear_upsample_x2(dec3))
         x = x + cab(r, name="skip_attn2")(enc2, slope)
-        dec2 = CABs(2, r, self.remat, name="decoder_level2")(x, slope)
+        dec2 = CABs(n, r, self.remat, name="decoder_level2")(x, slope)
         x = Conv2d(enc1.shape[-1], 1, name="up21")(bilinear_upsample_x2(dec2))
         x = x + cab(r, name="skip_attn1")(enc1, slope)
-        return CABs(2, r, self.remat, name="decoder_level1")(x, slope)
+        return CABs(n, r, self.remat, name="decoder_level1")(x, slope)
 
 
 class MPRNetRCOT(nn.Module):
@@ -104,6 +107,7 @@ class MPRNetRCOT(nn.Module):
     n_feat: int = 80
     scale_unetfeats: int = 48
     reduction: int = 4
+    cabs_per_scale: int = 2           # CABs at each scale of the encoders and the decoder (official: 2)
     two_pass: bool = True
     cond_scale: float = 0.8
     dtype: Any = None                 # computation dtype; None: the input's
@@ -116,21 +120,21 @@ class MPRNetRCOT(nn.Module):
         _, h, w, _ = deg_img.shape
         if h % 4 or w % 4:
             raise ValueError(f"MPRNetRCOT: input size {h}x{w} must be divisible by 4")
-        n, s, r = self.n_feat, self.scale_unetfeats, self.reduction
+        n, s, r, k = self.n_feat, self.scale_unetfeats, self.reduction, self.cabs_per_scale
         slope = self.param("prelu", nn.initializers.constant(0.25), ())
-        decoder = Decoder(s, r, self.remat, name="stage1_decoder")
+        decoder = Decoder(s, r, k, self.remat, name="stage1_decoder")
         sam_conv2 = Conv2d(deg_img.shape[-1], 1, name="sam12_conv2")
         cab = remat(CAB, self.remat)
 
         fea = cab(r, name="shallow_feat1_1")(Conv2d(n, 3, name="shallow_feat1_0")(cast(deg_img, self.dtype)), slope)
-        enc = Encoder(s, r, self.remat, name="stage1_encoder")(fea, slope)
+        enc = Encoder(s, r, k, self.remat, name="stage1_encoder")(fea, slope)
         first = sam_conv2(decoder(enc, slope)) + deg_img        # in deg_img's dtype (float32)
         if not self.two_pass:
             return (first, first) if return_first_pass else first
 
         res = cast(deg_img - first, self.dtype)
         fea = cab(r, name="res_shallow_feat1_1")(Conv2d(n, 3, name="res_shallow_feat1_0")(res), slope)
-        res_embedding = Encoder(s, r, self.remat, name="stage1_resencoder")(fea, slope)
+        res_embedding = Encoder(s, r, k, self.remat, name="stage1_resencoder")(fea, slope)
         fused = tuple(e + self.cond_scale * f for e, f in zip(res_embedding, enc))
         out = sam_conv2(decoder(fused, slope)) + deg_img
         return (out, first) if return_first_pass else out
