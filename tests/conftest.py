@@ -23,10 +23,12 @@ def pytest_configure(config):
 
 
 # Test files whose tests share compiled programs and session fixtures (the run loop's config and saved run; the
-# float64 start and reference steps). With `-n N` (xdist's `--dist load`), each group runs on one worker, which
-# traces them once and compiles them once, instead of two workers compiling the same programs at the same time.
+# float64 start and reference steps; the tiny maps' parameters and restorers). With `-n N` (xdist's `--dist load`),
+# each group runs on one worker, which traces them once and compiles them once, instead of two workers compiling
+# the same programs at the same time.
 GROUPS = {"test_train.py": "loop", "test_checkpointing.py": "loop", "test_workdir.py": "loop",
-          "test_benchmark.py": "loop", "test_parallel.py": "float64", "test_accumulate.py": "float64"}
+          "test_benchmark.py": "loop", "test_parallel.py": "float64", "test_accumulate.py": "float64",
+          "test_models.py": "maps", "test_precision.py": "maps", "test_export.py": "maps"}
 
 
 def pytest_xdist_make_scheduler(config, log):

@@ -33,7 +33,8 @@ def get_config(arg=None):
     c.model.cond_scale = 0.8
     c.model.restormer = dict(dim=48, num_blocks=(4, 6, 6, 8), num_refinement_blocks=4, heads=(1, 2, 4, 8),
                              ffn_expansion_factor=2.66)
-    c.model.mprnet = dict(n_feat=80, scale_unetfeats=48, reduction=4, cabs_per_scale=2)
+    c.model.mprnet = dict(n_feat=80, scale_unetfeats=48, reduction=4,
+                          cabs_per_scale=2)   # CABs at each scale of the encoders and the decoder
     c.model.critic_width = 64                 # channels of the critic's first convolution (official: 64)
     c.model.remat = "full"                    # 'none' | 'full' | 'dots': recompute transformer blocks / CABs in
                                               # the backward pass: the paper's settings need 22 GB of XLA
