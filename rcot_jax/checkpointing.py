@@ -44,7 +44,7 @@ class Checkpointer:
             item_handlers={"state": _state_handler(), "data": _DataHandler()})
         self._saving = None    # the step of the save in flight
         self._failed = False   # a save failed: its partial directory is removed again on close
-        _quiet_abandoned_writes()
+        _quiet_abandoned_io()
 
     def latest_step(self):
         return self.manager.latest_step()
@@ -218,25 +218,28 @@ def _remove_partials(directory, settle_s=0.0, limit_s=10.0):
         time.sleep(0.05)
 
 
-def _quiet_abandoned_writes():
-    """Installs, once per process, the two filters for the noise of a failed save's abandoned writes, so that its
-    `CheckpointSaveError` is the one message: their callbacks' errors (`_quiet_closed_loop`) and their tasks'
-    unretrieved exceptions (`_abandoned_orbax_task`)."""
-    if not getattr(sys.unraisablehook, "quiet_closed_loop", False):
-        sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
+def _quiet_abandoned_io():
+    """Installs, once per process, the two filters for the noise of the reads and writes that Orbax abandons when
+    a restore or a save fails, so that the failure's own error is the one message: the errors they raise when freed
+    (`_quiet_unraisable`) and their tasks' unretrieved exceptions (`_abandoned_orbax_task`)."""
+    if not getattr(sys.unraisablehook, "quiet_abandoned_io", False):
+        sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
     asyncio_log = logging.getLogger("asyncio")
     if _abandoned_orbax_task not in asyncio_log.filters:
         asyncio_log.addFilter(_abandoned_orbax_task)
 
 
-def _quiet_closed_loop(hook):
-    """An unraisable-exception hook that drops the "Event loop is closed" errors which TensorStore's callbacks for
-    the other writes of a failed save raise once Orbax has closed the save's event loop (one per pending write:
-    hundreds of tracebacks around the one message that matters)."""
+def _quiet_unraisable(hook):
+    """An unraisable-exception hook that drops, one per pending read or write (hundreds of tracebacks around the
+    one message that matters): the "Event loop is closed" errors which TensorStore's callbacks for the other writes
+    of a failed save raise once Orbax has closed the save's event loop, and the errors which the other reads of a
+    failed restore raise when their Orbax coroutines are freed unawaited."""
     def quiet(unraisable):
-        if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"):
+        closed_loop = unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
+        code = getattr(unraisable.object, "cr_code", None)
+        if not (closed_loop or (code is not None and "orbax" in code.co_filename)):
             hook(unraisable)
-    quiet.quiet_closed_loop = True
+    quiet.quiet_abandoned_io = True
     return quiet
 
 
@@ -262,6 +265,7 @@ def restore_params(step_dir, target):
     """The parameters of one checkpoint (`<workdir>/checkpoints/<step>`): `target` is {"t_params": ...,
     "f_params": ...} of abstract arrays (ShapeDtypeStructs with shardings), or any subset of the saved state's
     top-level keys. Only those arrays are read: no optimiser state, no data iterator."""
+    _quiet_abandoned_io()
     with ocp.PyTreeCheckpointer() as ckpt:
         return ckpt.restore(os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
             item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))

@@ -64,7 +64,7 @@ def test_given_networks_are_kept_and_only_a_missing_one_is_initialised():
     init_key, _ = seed_keys(0)
     fresh = jax.jit(lambda k: create_train_state(config, k))(init_key)
     t_only = jax.jit(lambda k, t: create_train_state(config, k, t_params=t))(
-        init_key, jax.tree.map(lambda a: a + 1, fresh.t_params))
+        init_key, jax.tree.map(lambda a: np.asarray(a) + 1, fresh.t_params))
     for a, b in zip(jax.tree.leaves(t_only.t_params), jax.tree.leaves(fresh.t_params)):
         np.testing.assert_array_equal(a, b + 1)
     for a, b in zip(jax.tree.leaves(t_only.f_params), jax.tree.leaves(fresh.f_params)):

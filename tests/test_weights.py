@@ -247,7 +247,7 @@ def test_convert_then_eval_export_and_init_from(tmp_path):
     torch.save({"epoch": 1, "Tnet": {k: torch.from_numpy(v.copy()) for k, v in
                                      official_state_dict("mprnet").items()}}, map_file)
     weights.write(critic_file, official_state_dict("critic"))
-    c = json.loads(str(FIXTURE["mprnet/config"]))
+    c = {**json.loads(str(FIXTURE["mprnet/config"])), "cabs_per_scale": 2}      # the official map's two, not tiny's
     config = ["--config=configs/deblur.py:tiny", "--config.model.backbone=mprnet", "--config.model.critic_width=64",
               *(f"--config.model.mprnet.{k}={v}" for k, v in c.items())]
     workdir = str(tmp_path / "w")
