@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fakes import host_copy
 from rcot_jax import ablate, losses, models, steps
 from rcot_jax.configs import denoise
 from rcot_jax.data import pipeline
@@ -36,11 +37,10 @@ def test_vmapped_variants_take_the_steps_they_take_alone():
     data = [_batches(c, 3) for c in runs]
     keys = [seed_keys(c.seed) for c in runs]
     values = jax.tree.map(lambda *v: np.asarray(v, np.float32), *[steps.config_scalars(c) for c in runs])
-    # On the host (the steps donate their states: each call copies them to the device), and indexed there: one
-    # small program per leaf shape to copy or index them on the device would take longer than the sweep.
-    initial = jax.tree.map(np.asarray, jit_init(jax.vmap(lambda k: create_train_state(config, k)))(
+    # On the host (`host_copy`: the steps donate their states), and indexed there: one program per leaf shape to
+    # index them on the device would take longer to compile than the sweep.
+    states = initial = host_copy(jit_init(jax.vmap(lambda k: create_train_state(config, k)))(
         jnp.stack([k[0] for k in keys])))
-    states = initial
     sweep = jax.jit(steps.sweep_train_step(config), donate_argnums=0)     # as rcot_jax.ablate compiles it
     for i in range(3):
         batch = {k: np.stack([d[i][k] for d in data]) for k in BATCH_KEYS}
