@@ -18,17 +18,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: subprocess, multi-process and notebook tests; the fast tier is "
+    config.addinivalue_line("markers", "slow: end-to-end runs (subprocesses, several processes, the notebook, runs "
+                                       "of several launches) and TPU compilations; the fast tier is "
                                        "`-m \"not slow\"`")
 
 
 # Test files whose tests share compiled programs and session fixtures (the run loop's config and saved run; the
-# float64 start and reference steps; the tiny maps' parameters and restorers). With `-n N` (xdist's `--dist load`),
-# each group runs on one worker, which traces them once and compiles them once, instead of two workers compiling
-# the same programs at the same time.
+# float64 start and reference steps; the tiny maps' parameters and restorers; the initialisers and steps of the
+# seed and sweep tests). With `-n N` (xdist's `--dist load`), each group runs on one worker, which traces them once
+# and compiles them once, instead of two workers compiling the same programs at the same time; the groups go first.
 GROUPS = {"test_train.py": "loop", "test_checkpointing.py": "loop", "test_workdir.py": "loop",
           "test_benchmark.py": "loop", "test_parallel.py": "float64", "test_accumulate.py": "float64",
-          "test_models.py": "maps", "test_precision.py": "maps", "test_export.py": "maps"}
+          "test_models.py": "maps", "test_precision.py": "maps", "test_export.py": "maps",
+          "test_state.py": "states", "test_steps.py": "states", "test_ablate.py": "states"}
 
 
 def pytest_xdist_make_scheduler(config, log):

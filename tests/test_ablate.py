@@ -77,6 +77,7 @@ def test_critic_off_and_forced_fourier_exponent():
     assert float(losses.fourier_residual_cost(residual, jnp.full(len(residual), 2), "off")) == 0
 
 
+@pytest.mark.slow      # two launches of the runner, each training and evaluating a grid
 def test_ablation_runner_writes_results_and_resumes(tmp_path, monkeypatch):
     config = _tiny()
     config.num_train_steps = 2

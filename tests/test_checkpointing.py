@@ -35,6 +35,7 @@ def _traced():
         jax.monitoring.unregister_event_duration_listener(listener)
 
 
+@pytest.mark.slow      # three launches of the loop
 def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
     config = loop_config()
     config.checkpoint_every_steps = 1

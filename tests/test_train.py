@@ -74,6 +74,7 @@ def test_every_task_feeds_the_same_step_its_own_degradations(task):
     assert sorted(set(pipeline.EvalSet(config).degradations)) == sorted(names)
 
 
+@pytest.mark.slow      # three launches of the loop, and an evaluation
 def test_finished_run_is_not_retrained_eval_mode_reproduces_and_a_nan_keeps_the_last_checkpoint(tmp_path, caplog):
     config = loop_config()
     train.train_and_evaluate(config, str(tmp_path))

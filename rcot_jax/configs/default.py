@@ -4,7 +4,8 @@
 critic lr 1e-4, map lr 5e-5, x0.1 every 20 epochs, lambda_F 1, lambda_pair 1e4, lambda_GP 10, fully paired),
 with the paper's Fourier cost (`loss.fourier_variant='official'` reproduces the official trainer's).
 `'quick'`: a small MPRNet map and a narrow critic that visibly restore within minutes on a 2-core CPU.
-`'tiny'`: the same architecture, narrower and shallower (one MPRNet CAB per scale), small enough for CPU tests.
+`'tiny'`: the same architecture, narrower and shallower (one block per scale, no refinement blocks), small enough
+for CPU tests.
 """
 import ml_collections
 
@@ -150,7 +151,7 @@ def get_config(arg=None):
         c.checkpoint_every_steps = 500
     elif arg == "tiny":
         c.num_train_steps = 3
-        c.model.restormer = dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 2, 2),
+        c.model.restormer = dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=0, heads=(1, 1, 2, 2),
                                  ffn_expansion_factor=2.66)
         c.model.mprnet = dict(n_feat=8, scale_unetfeats=4, reduction=4, cabs_per_scale=1)
         c.model.critic_width = 16
