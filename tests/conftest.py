@@ -33,6 +33,7 @@ GROUPS = {"test_train.py": "loop", "test_checkpointing.py": "loop", "test_workdi
           "test_state.py": "states", "test_steps.py": "states", "test_ablate.py": "states"}
 
 
+@pytest.hookimpl(optionalhook=True)        # a hook of pytest-xdist, which a run without it lacks
 def pytest_xdist_make_scheduler(config, log):
     if config.getvalue("dist") != "load":
         return None
