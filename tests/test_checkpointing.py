@@ -1,7 +1,7 @@
 """rcot_jax.checkpointing: an unreadable newest checkpoint falls back to the previous one (never to a fresh
 start; the resumed launch reuses the step the first compiled); a failed save's reason in the system's words; the
-reads and writes a failed restore or save abandons stay out of the log; small replicated arrays written whole. A failed save
-stopping a run: tests/test_cli.py."""
+reads and writes a failed restore or save abandons stay out of the log; small replicated arrays written whole.
+A failed save stopping a run: tests/test_cli.py."""
 import asyncio
 import contextlib
 import gc
