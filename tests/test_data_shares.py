@@ -6,15 +6,13 @@ import os
 import subprocess
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import portpicker
 import pytest
 from PIL import Image
 
-from fakes import xla_flags
-from rcot_jax import evaluate, models, parallel
+from fakes import tiny_t_params, xla_flags
+from rcot_jax import evaluate, parallel
 from rcot_jax.configs import derain
 from rcot_jax.data import pipeline
 
@@ -52,7 +50,7 @@ def config(folder):
 
 
 def evaluate_once(c, eval_set):
-    t_params = jax.jit(models.build_models(c)[0].init)(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))   # T alone
+    t_params = tiny_t_params(c.model.backbone)      # T alone: the tiny config's map, as `c`'s
     result, _ = evaluate.evaluate(evaluate.make_evaluator(c, parallel.make_mesh()), t_params, eval_set)
     return result
 
