@@ -10,6 +10,8 @@ and bytes into lower bounds with published peaks.
 
 Sizes are in GiB (2**30 bytes), as HBM capacities are quoted.
 """
+import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -21,7 +23,6 @@ from absl import logging
 
 import rcot_jax
 from rcot_jax import models, parallel, steps
-from rcot_jax import workdir as workdir_lib
 from rcot_jax.checkpointing import abstract_like
 from rcot_jax.state import create_train_state
 
@@ -70,30 +71,36 @@ def abstract_arguments(config, mesh):
             abstract_like(jax.eval_shape(lambda: jax.random.key(0)), parallel.replicated(mesh)))
 
 
-def compile_step(config, mesh):
-    """The compiled train step for `mesh` (with the XLA:CPU flags of `rcot_jax` kept out of it), or None where
-    XLA reports that it does not fit the chips' memory."""
-    parallel.check_batch_size(config.data.batch_size, mesh, config.optim.accumulate_steps)
-    lowered = parallel.jit_train_step(config, mesh).lower(*abstract_arguments(config, mesh))
-    try:
-        return lowered.compile(compiler_options=dict(rcot_jax.NON_CPU_COMPILER_OPTIONS) or None)
-    except Exception as e:   # noqa: BLE001 - XLA raises JaxRuntimeError; only an out-of-memory verdict is a result
-        if any(s in str(e) for s in _OUT_OF_MEMORY):
-            return None
-        raise
-
-
-def compile_for(config, devices, per_chip_batch):
-    """(record, compiled step or None where it does not fit) of the train step on a mesh of `devices`, the global
-    batch being `per_chip_batch` per chip."""
+def lower_for(config, devices, per_chip_batch):
+    """(config, lowered train step) for a mesh of `devices`, the global batch being `per_chip_batch` per chip."""
     mesh = parallel.make_mesh(devices)
     config = steps.with_values(config, {"data.batch_size": per_chip_batch * len(devices)})
+    parallel.check_batch_size(config.data.batch_size, mesh, config.optim.accumulate_steps)
+    return config, parallel.jit_train_step(config, mesh).lower(*abstract_arguments(config, mesh))
+
+
+def program_id(lowered):
+    """What a compilation's result depends on besides the topology: the lowered program (StableHLO without source
+    locations, so whatever config fields or code produced it) and the libtpu that compiles it."""
+    digest = hashlib.sha256(lowered.as_text().encode()).hexdigest()[:16]
+    return digest, importlib.metadata.version("libtpu")
+
+
+def compile_lowered(config, devices, lowered):
+    """(record, compiled step or None where XLA reports that it does not fit the chips' memory) of `lowered`, the
+    step of `config` on a mesh of `devices`, compiled with the XLA:CPU flags of `rcot_jax` kept out of it."""
     t0 = time.perf_counter()
-    compiled = compile_step(config, mesh)
+    try:
+        compiled = lowered.compile(compiler_options=dict(rcot_jax.NON_CPU_COMPILER_OPTIONS) or None)
+    except Exception as e:   # noqa: BLE001 - XLA raises JaxRuntimeError; only an out-of-memory verdict is a result
+        if not any(s in str(e) for s in _OUT_OF_MEMORY):
+            raise
+        compiled = None
     compile_s = time.perf_counter() - t0
     kind = devices[0].device_kind
     record = {"chips": len(devices), "hosts": len({d.process_index for d in devices}),
-              "device_kind": kind, "per_chip_batch": per_chip_batch, "global_batch": config.data.batch_size,
+              "device_kind": kind, "per_chip_batch": config.data.batch_size // len(devices),
+              "global_batch": config.data.batch_size,
               "conv_impl": models.conv_impl(config, "tpu"), "remat": config.model.remat,
               "precision": config.precision, "temp_gb_per_chip": None, "argument_gb_per_chip": None,
               "hbm_gb_per_chip": HBM_GIB.get(kind), "fits": False, "tflop_per_chip_step": None,
@@ -111,6 +118,13 @@ def compile_for(config, devices, per_chip_batch):
                   tflop_per_chip_step=round(cost["flops"] / 1e12, 4),
                   gb_accessed_per_chip_step=round(cost["bytes accessed"] / GIB, 2))
     return record, compiled
+
+
+def compile_for(config, devices, per_chip_batch):
+    """(record, compiled step or None where it does not fit) of the train step on a mesh of `devices`, the global
+    batch being `per_chip_batch` per chip."""
+    config, lowered = lower_for(config, devices, per_chip_batch)
+    return compile_lowered(config, devices, lowered)
 
 
 def max_per_chip_batch(fits, start, limit=1024):
@@ -139,39 +153,36 @@ def max_per_chip_batch(fits, start, limit=1024):
     return lo
 
 
-def config_hash(config):
-    """What identifies the compiled step apart from the batch: the config without `data.batch_size`."""
-    return workdir_lib.config_hash(steps.with_values(config, {"data.batch_size": 0}))
-
-
 def read_records(path):
-    """{(config hash, topology, per-chip batch): record} of a `--records` file (absent: empty)."""
+    """{(program, libtpu, topology): record} of a `--records` file (absent: empty)."""
     if not path or not os.path.exists(path):
         return {}
     with open(path) as f:
         lines = [json.loads(line) for line in f if line.strip()]
-    return {(r["config_hash"], r["topology"], r["per_chip_batch"]): {k: r[k] for k in RECORD_KEYS} for r in lines}
+    return {(r["program"], r["libtpu"], r["topology"]): {k: r[k] for k in RECORD_KEYS} for r in lines}
 
 
 def aot_record(config, topology, per_chip_batch=0, find_max_batch=False, records_path=""):
     """The JSON record of `--mode=aot`: the train step of `config` compiled for `topology` at `per_chip_batch`
     (0: the config's `data.batch_size` on each chip, as on its one GPU). `find_max_batch` adds
-    `max_per_chip_batch`. `records_path`: a JSON-lines file that every compilation's record is appended to (with
-    its config hash) and that earlier records are taken from instead of compiling again, so a long search resumes."""
+    `max_per_chip_batch`. `records_path`: a JSON-lines file that every compilation's record is appended to, with
+    its `program_id`, and that the record of a program already compiled for the topology is taken from instead of
+    compiling again (each batch is lowered, seconds, to know its program), so a long search resumes."""
     devices = tpu_devices(topology)
     per_chip_batch = per_chip_batch or config.data.batch_size
-    digest = config_hash(config)
     known = read_records(records_path)
 
     def compiled(b):
-        if (digest, topology, b) not in known:
-            record, _ = compile_for(config, devices, b)
-            known[digest, topology, b] = record = {"topology": topology, **record}
+        config_b, lowered = lower_for(config, devices, b)
+        program, libtpu = program_id(lowered)
+        if (program, libtpu, topology) not in known:
+            record, _ = compile_lowered(config_b, devices, lowered)
+            known[program, libtpu, topology] = record = {"topology": topology, **record}
             logging.info("compiled: %s", json.dumps(record))
             if records_path:
                 with open(records_path, "a") as f:
-                    f.write(json.dumps({"config_hash": digest, **record}) + "\n")
-        return known[digest, topology, b]
+                    f.write(json.dumps({"program": program, "libtpu": libtpu, **record}) + "\n")
+        return known[program, libtpu, topology]
 
     record = dict(compiled(per_chip_batch))
     if find_max_batch:

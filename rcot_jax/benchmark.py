@@ -51,8 +51,8 @@ def _define_flags():
     flags.DEFINE_boolean("find_max_batch", False, "--mode=aot: also find the largest per-chip batch that fits "
                          "(doubling, then bisection; one compilation each).")
     paths.DEFINE_path("records", "", "--mode=aot: a JSON-lines file that every compilation's record is appended "
-                      "to, and whose records of the same config, topology and batch are reused instead of compiling "
-                      "again.")
+                      "to, and whose records of the same program (lowered step), topology and libtpu are reused "
+                      "instead of compiling again.")
     # Off unless asked for: a cached program would leave compilation out of the first call's time.
     rcot_app.define_jax_flags(cache_default="off")
 

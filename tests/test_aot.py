@@ -1,6 +1,7 @@
 """The train step compiled ahead of time for TPU slices on this CPU (`rcot_jax.benchmark --mode=aot`): the record,
 a mesh over every chip of every host, the convolutions chosen for TPU, and the XLA:CPU flags kept out of the TPU
 compiler. The compilations need libtpu (the `tpu-aot` extra); without it they skip."""
+import importlib.metadata
 import importlib.util
 import os
 import subprocess
@@ -60,6 +61,12 @@ def test_a_two_host_slice_compiles_its_record_without_the_xla_cpu_flags(tmp_path
         (8, 2, "TPU v5 lite", 16)
     assert record["global_batch"] == 16 and 0 < record["temp_gb_per_chip"] < 1 and record["tflop_per_chip_step"] > 0
     _check_spans_every_chip(compiled, devices, 2)
+    # A `--records` file knows a compilation by its program: config fields the step does not read leave it.
+    program = aot.program_id(aot.lower_for(config, devices, 2)[1])
+    config.seed, config.num_train_steps, config.log_every_steps = 7, 9, 3
+    assert aot.program_id(aot.lower_for(config, devices, 2)[1]) == program
+    config.model.remat = "none"
+    assert aot.program_id(aot.lower_for(config, devices, 2)[1]) != program
 
 
 @pytest.mark.slow
@@ -94,23 +101,40 @@ def test_max_batch_search_doubles_then_bisects(largest, start):
         assert tried == [3, 6, 12, 24, 18, 21, 22, 23]
 
 
+class _Lowered:
+    """A lowered program as `aot.program_id` reads it: its text."""
+    def __init__(self, text):
+        self.text = text
+
+    def as_text(self):
+        return self.text
+
+
 def test_a_search_resumes_from_its_records_file(tmp_path, monkeypatch):
-    """`--records`: every compilation is appended; a second search of the same config and topology compiles
-    nothing it already has, and another config (here another remat) is not mistaken for it."""
+    """`--records`: every compilation is appended; a second search of the same program and topology compiles
+    nothing it already has, while another program (here another remat), another topology or another libtpu is
+    compiled. (That the program, not the config's other fields, identifies a compilation: the two-host test.)"""
     compiled = []
 
-    def fake_compile(config, devices, b):
-        compiled.append((config.model.remat, b))
+    def fake_lower(config, devices, b):      # (per-chip batch in place of the config, program)
+        return b, _Lowered(f"{config.model.remat} x{b}")
+
+    def fake_compile(b, devices, lowered):
+        compiled.append(lowered.as_text())
         return {k: None for k in aot.RECORD_KEYS if k != "topology"} | {"per_chip_batch": b, "fits": b <= 5}, None
 
     monkeypatch.setattr(aot, "tpu_devices", lambda topology: ["chip"] * 4)
-    monkeypatch.setattr(aot, "compile_for", fake_compile)
+    monkeypatch.setattr(aot, "lower_for", fake_lower)
+    monkeypatch.setattr(aot, "compile_lowered", fake_compile)
     path = str(tmp_path / "records.jsonl")
     config = _tiny()
     first = aot.aot_record(config, "v5e:2x2", 3, find_max_batch=True, records_path=path)
-    assert first["max_per_chip_batch"] == 5 and compiled == [("none", 3), ("none", 6), ("none", 4), ("none", 5)]
+    assert first["max_per_chip_batch"] == 5 and compiled == ["none x3", "none x6", "none x4", "none x5"]
     assert aot.aot_record(config, "v5e:2x2", 3, find_max_batch=True, records_path=path) == first
     assert len(compiled) == 4
     config.model.remat = "full"
     aot.aot_record(config, "v5e:2x2", 3, records_path=path)
-    assert compiled[-1] == ("full", 3) and len(open(path).readlines()) == 5
+    aot.aot_record(config, "v6e:2x2", 3, records_path=path)
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.0.99")
+    aot.aot_record(config, "v6e:2x2", 3, records_path=path)
+    assert compiled[4:] == ["full x3"] * 3 and len(open(path).readlines()) == 7
