@@ -154,12 +154,28 @@ def max_per_chip_batch(fits, start, limit=1024):
 
 
 def read_records(path):
-    """{(program, libtpu, topology): record} of a `--records` file (absent: empty)."""
+    """{(program, libtpu, topology): record} of a `--records` file (absent: empty). Records without a program (the
+    config-keyed ones written before 2026-12-06) cannot be matched to a program and are left out, with a warning."""
     if not path or not os.path.exists(path):
         return {}
+    records, unkeyed = {}, 0
     with open(path) as f:
-        lines = [json.loads(line) for line in f if line.strip()]
-    return {(r["program"], r["libtpu"], r["topology"]): {k: r[k] for k in RECORD_KEYS} for r in lines}
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+                record = {k: r[k] for k in RECORD_KEYS}
+            except (ValueError, KeyError, TypeError) as e:
+                raise AotError(f"--records={path}, line {number}: not a record of --mode=aot ({e!r})") from None
+            if "program" not in r:
+                unkeyed += 1
+                continue
+            records[r["program"], r["libtpu"], r["topology"]] = record
+    if unkeyed:
+        logging.warning("--records=%s: %d records without a program (written before records were keyed by "
+                        "program) are not reused", path, unkeyed)
+    return records
 
 
 def aot_record(config, topology, per_chip_batch=0, find_max_batch=False, records_path=""):

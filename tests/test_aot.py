@@ -3,6 +3,7 @@ a mesh over every chip of every host, the convolutions chosen for TPU, and the X
 compiler. The compilations need libtpu (the `tpu-aot` extra); without it they skip."""
 import importlib.metadata
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -138,3 +139,16 @@ def test_a_search_resumes_from_its_records_file(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.0.99")
     aot.aot_record(config, "v6e:2x2", 3, records_path=path)
     assert compiled[4:] == ["full x3"] * 3 and len(open(path).readlines()) == 7
+
+
+def test_a_records_file_that_is_not_one_names_its_line(tmp_path):
+    path = tmp_path / "records.jsonl"
+    path.write_text('{"program": "p", "libtpu": "0", "topology": "v5e:2x2"}\n')
+    with pytest.raises(aot.AotError, match=rf"--records={path}, line 1: not a record of --mode=aot \(KeyError"):
+        aot.read_records(str(path))
+    path.write_text('{"topology": "v5e:2x2"')       # a line cut short
+    with pytest.raises(aot.AotError, match=r"line 1: not a record"):
+        aot.read_records(str(path))
+    old = {k: 0 for k in aot.RECORD_KEYS} | {"config_hash": "c"}      # written before records had programs
+    path.write_text(json.dumps(old) + "\n\n" + json.dumps(old | {"program": "p", "libtpu": "0"}) + "\n")
+    assert list(aot.read_records(str(path))) == [("p", "0", 0)]
