@@ -120,13 +120,6 @@ def compile_lowered(config, devices, lowered):
     return record, compiled
 
 
-def compile_for(config, devices, per_chip_batch):
-    """(record, compiled step or None where it does not fit) of the train step on a mesh of `devices`, the global
-    batch being `per_chip_batch` per chip."""
-    config, lowered = lower_for(config, devices, per_chip_batch)
-    return compile_lowered(config, devices, lowered)
-
-
 def max_per_chip_batch(fits, start, limit=1024):
     """The largest b <= limit with fits(b), fits being monotone (True up to some b, then False): doubling from
     `start` while it fits, then bisection between the last batch that fit and the first that did not."""
