@@ -5,7 +5,7 @@
 # with remat `full` (the default), so each row has its fit and its FLOPs early; second pass: the searches, one
 # record per (slice, remat) appended to experiments/aot_results.jsonl (cells already there are skipped). Every
 # compilation's record goes to experiments/aot_compiles.jsonl and is reused, not compiled again: a run stopped
-# midway resumes where it was. One at a time: a compilation of the paper's step holds 15 GB of host memory or more
+# midway resumes where it was. One at a time: the paper's step at remat `none` takes 15 GB of host memory or more to compile
 # (over 24 GB near the limit of a 95 GB chip, experiments/benchmarks.md).
 #   bash experiments/aot_plan.sh [SLICE ...]      (default: v5e:2x2 v6e:2x2 v4:2x2x1 v5p:2x2x1)
 set -euo pipefail
