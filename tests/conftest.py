@@ -19,8 +19,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end runs (subprocesses, several processes, the notebook, runs "
-                                       "of several launches) and TPU compilations; the fast tier is "
-                                       "`-m \"not slow\"`")
+                                       "of several launches), TPU compilations and the Restormer's polymorphic "
+                                       "export; the fast tier is `-m \"not slow\"`")
 
 
 # Test files whose tests share compiled programs and session fixtures (the run loop's config and saved run; the

@@ -26,6 +26,9 @@ def _save(path, data):
     return str(path)
 
 
+# The Restormer's four compilations of its map (two sizes, exported and not) are the fast tier's longest test; its
+# MPRNet one and the Restormer's ONNX export stay there.
+@pytest.mark.parametrize("tiny_maps", [pytest.param("restormer", marks=pytest.mark.slow), "mprnet"], indirect=True)
 def test_a_polymorphic_stablehlo_export_reproduces_the_restorer(tiny_maps, tmp_path):
     model, params = tiny_maps
     path = _save(tmp_path / "map.jax_exported", export.stablehlo(model, params, export.input_shape(0, 0, 1, True)))
