@@ -26,7 +26,7 @@ def _save(path, data):
     return str(path)
 
 
-# The Restormer's four compilations of its map (two sizes, exported and not) are the fast tier's longest test; its
+# The Restormer's four compilations of its map (two sizes, exported and not) were among the fast tier's longest; its
 # MPRNet one and the Restormer's ONNX export stay there.
 @pytest.mark.parametrize("tiny_maps", [pytest.param("restormer", marks=pytest.mark.slow), "mprnet"], indirect=True)
 def test_a_polymorphic_stablehlo_export_reproduces_the_restorer(tiny_maps, tmp_path):
