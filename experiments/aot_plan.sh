@@ -5,9 +5,9 @@
 # with remat `full` (the default), so each row has its fit and its FLOPs early; second pass: the searches, one
 # record per (slice, remat) appended to experiments/aot_results.jsonl (cells already there are skipped). Every
 # compilation's record goes to experiments/aot_compiles.jsonl and is reused, not compiled again: a run stopped
-# midway resumes where it was. A compilation of the paper's step takes up to 17 GB of host memory, and a search's
-# process keeps 1-2.5 GB more after each: on a 24 GB machine add a swap file, and 32 GB of it runs two side by side
-# (say, `aot_plan.sh v5e:2x2 &` and `aot_plan.sh v5p:2x2x1`; docs/performance.md, experiments/benchmarks.md).
+# midway resumes where it was. A compilation of the paper's step takes up to 17 GB of host memory (a search compiles
+# each batch in a process of its own): two side by side on a 24 GB machine need 32 GB of swap (say,
+# `aot_plan.sh v5e:2x2 &` and `aot_plan.sh v5p:2x2x1`; docs/performance.md, experiments/benchmarks.md).
 #   bash experiments/aot_plan.sh [SLICE ...]      (default: v5e:2x2 v6e:2x2 v4:2x2x1 v5p:2x2x1)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -10,10 +10,12 @@ and bytes into lower bounds with published peaks.
 
 Sizes are in GiB (2**30 bytes), as HBM capacities are quoted.
 """
+import concurrent.futures
 import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import multiprocessing
 import os
 import time
 
@@ -120,6 +122,28 @@ def compile_lowered(config, devices, lowered):
     return record, compiled
 
 
+def _compile_record(config, topology, per_chip_batch, non_cpu_compiler_options):
+    # This process took the XLA:CPU flags it inherited in XLA_FLAGS for the user's: its parent's overrides apply.
+    rcot_jax.NON_CPU_COMPILER_OPTIONS.update(non_cpu_compiler_options)
+    devices = tpu_devices(topology)
+    config, lowered = lower_for(config, devices, per_chip_batch)
+    return program_id(lowered), compile_lowered(config, devices, lowered)[0]
+
+
+def compile_in_fresh_process(config, topology, per_chip_batch):
+    """(`program_id`, `compile_lowered`'s record) of the step of `config` for `topology` at `per_chip_batch`, lowered
+    and compiled in a new (spawned) process. XLA keeps 1-2.5 GB of host memory per compilation of the paper's step that
+    `jax.clear_caches()` does not return; a process per compilation keeps a search at one compilation's memory."""
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            return pool.submit(_compile_record, config, topology, per_chip_batch,
+                               rcot_jax.NON_CPU_COMPILER_OPTIONS).result()
+        except concurrent.futures.process.BrokenProcessPool:
+            raise AotError(f"--topology={topology} at {per_chip_batch} per chip: the compiling process died (killed "
+                           "for host memory? one compilation of the paper's step takes up to 17 GB); the records "
+                           "written so far stay") from None
+
+
 def max_per_chip_batch(fits, start, limit=1024):
     """The largest b <= limit with fits(b), fits being monotone (True up to some b, then False): doubling from
     `start` while it fits, then bisection between the last batch that fit and the first that did not."""
@@ -171,12 +195,13 @@ def read_records(path):
     return records
 
 
-def aot_record(config, topology, per_chip_batch=0, find_max_batch=False, records_path=""):
+def aot_record(config, topology, per_chip_batch=0, find_max_batch=False, records_path="", fresh_processes=False):
     """The JSON record of `--mode=aot`: the train step of `config` compiled for `topology` at `per_chip_batch`
     (0: the config's `data.batch_size` on each chip, as on its one GPU). `find_max_batch` adds
     `max_per_chip_batch`. `records_path`: a JSON-lines file that every compilation's record is appended to, with
     its `program_id`, and that the record of a program already compiled for the topology is taken from instead of
-    compiling again (each batch is lowered, seconds, to know its program), so a long search resumes."""
+    compiling again (each batch is lowered, seconds, to know its program), so a long search resumes.
+    `fresh_processes`: each compilation runs in a process of its own (`compile_in_fresh_process`)."""
     devices = tpu_devices(topology)
     per_chip_batch = per_chip_batch or config.data.batch_size
     known = read_records(records_path)
@@ -185,7 +210,11 @@ def aot_record(config, topology, per_chip_batch=0, find_max_batch=False, records
         config_b, lowered = lower_for(config, devices, b)
         program, libtpu = program_id(lowered)
         if (program, libtpu, topology) not in known:
-            record, _ = compile_lowered(config_b, devices, lowered)
+            if fresh_processes:
+                compiled_program, record = compile_in_fresh_process(config, topology, b)
+                assert compiled_program == (program, libtpu), "a fresh process lowered another program"
+            else:
+                record, _ = compile_lowered(config_b, devices, lowered)
             known[program, libtpu, topology] = record = {"topology": topology, **record}
             logging.info("compiled: %s", json.dumps(record))
             if records_path:

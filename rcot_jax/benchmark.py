@@ -49,7 +49,8 @@ def _define_flags():
     flags.DEFINE_integer("per_chip_batch", 0, "--mode=aot: samples per chip (0: config.data.batch_size on each "
                          "chip).")
     flags.DEFINE_boolean("find_max_batch", False, "--mode=aot: also find the largest per-chip batch that fits "
-                         "(doubling, then bisection; one compilation each).")
+                         "(doubling, then bisection; one compilation each, each in a process of its own, so "
+                         "that the search needs one compilation's host memory).")
     paths.DEFINE_path("records", "", "--mode=aot: a JSON-lines file that every compilation's record is appended "
                       "to, and whose records of the same program (lowered step), topology and libtpu are reused "
                       "instead of compiling again.")
@@ -204,7 +205,7 @@ def main(argv):
         from rcot_jax import aot
         try:
             record = aot.aot_record(FLAGS.config, FLAGS.topology, FLAGS.per_chip_batch, FLAGS.find_max_batch,
-                                    FLAGS.records)
+                                    FLAGS.records, fresh_processes=FLAGS.find_max_batch)
         except (aot.AotError, ValueError) as e:
             sys.exit(f"rcot_jax.benchmark: error: {e}")
     elif FLAGS.mode == "input":

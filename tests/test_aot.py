@@ -46,8 +46,8 @@ def _ran_on_cpu(hlo_pass, dump_dir):
 @pytest.mark.slow      # a TPU compilation: minutes on this CPU
 @needs_libtpu
 def test_a_two_host_slice_compiles_its_record_without_the_xla_cpu_flags(tmp_path):
-    """One compilation (the slowest part of the suite's TPU checks): the record, a mesh over every chip of both
-    hosts, XLA's convolutions for TPU. Rematerialised blocks leave optimization barriers, which the TPU compiler must
+    """One program compiled here and in a fresh process (the slowest part of the suite's TPU checks): the record, a
+    mesh over every chip of both hosts, XLA's convolutions for TPU. Rematerialised blocks leave optimization barriers, which the TPU compiler must
     expand itself: with this process's XLA:CPU flags (set on import) they would reach it and fail ("opt-barrier is
     not implemented")."""
     if rcot_jax.NON_CPU_COMPILER_OPTIONS:    # the flags are in force for this process's CPU programs
@@ -66,6 +66,9 @@ def test_a_two_host_slice_compiles_its_record_without_the_xla_cpu_flags(tmp_path
     # A `--records` file knows a compilation by its program: config fields the step does not read leave it.
     config.seed, config.num_train_steps, config.log_every_steps = 7, 9, 3
     assert aot.program_id(aot.lower_for(config, devices, 2)[1]) == aot.program_id(lowered)
+    # `--find_max_batch` compiles each batch in a process of its own: the same program and record.
+    program, fresh = aot.compile_in_fresh_process(config, "v5e:2x4", 2)
+    assert program == aot.program_id(lowered) and fresh | {"compile_s": 0} == record | {"compile_s": 0}
 
 
 @pytest.mark.slow
