@@ -222,7 +222,9 @@ def aot_record(config, topology, per_chip_batch=0, find_max_batch=False, records
                     f.write(json.dumps({"program": program, "libtpu": libtpu, **record}) + "\n")
         return known[program, libtpu, topology]
 
-    record = dict(compiled(per_chip_batch))
+    # A reused record may come from another config that lowers to the same program: its labels are this config's.
+    record = {**compiled(per_chip_batch), "conv_impl": models.conv_impl(config, "tpu"), "remat": config.model.remat,
+              "precision": config.precision}
     if find_max_batch:
         record["max_per_chip_batch"] = max_per_chip_batch(lambda b: compiled(b)["fits"], per_chip_batch)
     return record

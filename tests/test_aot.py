@@ -134,6 +134,8 @@ def test_a_search_resumes_from_its_records_file(tmp_path, monkeypatch):
     assert first["max_per_chip_batch"] == 5 and compiled == ["none x3", "none x6", "none x4", "none x5"]
     assert aot.aot_record(config, "v5e:2x2", 3, find_max_batch=True, records_path=path) == first
     assert len(compiled) == 4
+    config.precision = "bf16"         # (the fake lowering ignores it: the same programs) labels the record it reuses
+    assert aot.aot_record(config, "v5e:2x2", 3, records_path=path)["precision"] == "bf16" and len(compiled) == 4
     config.model.remat = "full"
     aot.aot_record(config, "v5e:2x2", 3, records_path=path)
     aot.aot_record(config, "v6e:2x2", 3, records_path=path)

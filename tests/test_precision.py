@@ -1,8 +1,11 @@
 """Mixed precision (`config.precision='bf16'`) and rematerialisation (`config.model.remat`)."""
+import collections
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.ad_checkpoint import print_saved_residuals
 
 from fakes import tiny_t_params
 from rcot_jax.configs import default
@@ -73,6 +76,31 @@ def test_remat_gives_the_same_gradients(backbone, policy, two_pass):
 
     for got, want in zip(jax.tree.leaves(grads(rematted)), jax.tree.leaves(grads(base))):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("backbone", ["restormer", "mprnet"])
+def test_remat_dots_keeps_the_convolutions_outputs_on_either_implementation(backbone, capsys):
+    """'dots' keeps each block's convolution outputs and recomputes the rest. The convolutions are primitives of
+    XLA's or of custom-gradient functions, which JAX's dots policies alone do not see: 'dots' then kept nothing more
+    than 'full' on either `conv_impl` (the same TPU programs)."""
+    x = jnp.zeros((1, 16, 16, 3))
+
+    def kept(policy, impl):
+        model = models.build_models(_config(**{"model.backbone": backbone, "model.remat": policy,
+                                               "model.conv_impl": impl}))[0]
+        params = jax.eval_shape(model.init, jax.random.key(0), x)
+        print_saved_residuals(lambda p: jnp.sum(model.apply(p, x)), params)
+        lines = capsys.readouterr().out.splitlines()
+        return collections.Counter(line.split(" ")[0] for line in lines if "from the argument" not in line)
+
+    def size(residuals):      # elements, from lines such as "f32[1,8,8,16] output of ..."
+        return sum(n * np.prod([int(d) for d in shape.split("[")[1][:-1].split(",") if d])
+                   for shape, n in residuals.items())
+
+    # Outside the rematerialised blocks each implementation keeps its own residuals; in them, 'dots' keeps the same.
+    full, dots = ({impl: kept(policy, impl) for impl in ("custom", "xla")} for policy in ("full", "dots"))
+    assert dots["custom"] - full["custom"] == dots["xla"] - full["xla"]
+    assert size(full["xla"]) < size(dots["xla"]) < size(kept("none", "xla"))
 
 
 def test_unknown_remat_policy_is_refused():

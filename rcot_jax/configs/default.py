@@ -39,7 +39,8 @@ def get_config(arg=None):
     c.model.critic_width = 64                 # channels of the critic's first convolution (official: 64)
     c.model.remat = "full"                    # 'none' | 'full' | 'dots': recompute transformer blocks / CABs in
                                               # the backward pass: the paper's settings need 22 GB of XLA
-                                              # buffers without it, 2.8 GB with it (same update, ~1/3 more compute)
+                                              # buffers without it, 2.8 GB with it (same update, ~1/3 more compute);
+                                              # 'dots' keeps their convolutions' and matmuls' outputs
     c.model.conv_impl = "auto"                # 'auto' (custom on CPU, xla on GPU and TPU) | 'xla': XLA's convolutions
                                               # and gradients | 'custom': models/conv.py's, tuned for XLA:CPU
     c.model.critic_fc_features = 0            # width of the critic's `fc`; 0: patch_size**2 / 8 (Net_Restormer),

@@ -10,6 +10,7 @@ from typing import Callable, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from rcot_jax.models import conv
 
@@ -57,7 +58,7 @@ class Conv2d(nn.Module):
             y = conv.conv2d(x, kernel, self.stride, padding)
         if self.use_bias:
             y = y + self.param("bias", torch_default_init(fan_in), (self.features,)).astype(x.dtype)
-        return y
+        return checkpoint_name(y, "conv")    # what remat 'dots' keeps, whichever conv_impl
 
 
 class Linear(nn.Module):
@@ -91,10 +92,16 @@ def cast(x, dtype):
     return x if dtype is None else x.astype(dtype)
 
 
+# 'dots' keeps what costs FLOPs to recompute, the convolutions' and matmuls' outputs, and recomputes the rest (norms,
+# activations, gating, attention's batched products). The convolutions are named (`Conv2d`): as primitives they
+# are `conv_general_dilated` (conv_impl 'xla') or hidden in custom-gradient functions ('custom'), which JAX's
+# dots policies do not see; with those alone 'dots' kept nothing more than 'full' on either implementation.
 REMAT_POLICIES = {
     "none": None,                                                       # keep every activation
     "full": jax.checkpoint_policies.nothing_saveable,                   # recompute each block in backward
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,   # keep matmul outputs only
+    "dots": jax.checkpoint_policies.save_from_both_policies(                 # keep conv and matmul outputs
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names("conv")),
 }
 
 
