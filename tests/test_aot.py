@@ -155,3 +155,23 @@ def test_a_records_file_that_is_not_one_names_its_line(tmp_path):
     old = {k: 0 for k in aot.RECORD_KEYS} | {"config_hash": "c"}      # written before records had programs
     path.write_text(json.dumps(old) + "\n\n" + json.dumps(old | {"program": "p", "libtpu": "0"}) + "\n")
     assert list(aot.read_records(str(path))) == [("p", "0", 0)]
+
+
+def test_the_planning_tables_row_is_every_tasks_default():
+    """README's planning table compiles configs/benchmark.py:a only: each task's default differs from it in its data
+    and in its schedule's length, which changes two constants of the step and nothing it holds (lowered for v5e:2x2,
+    every default gave (a)'s program once these were set to (a)'s: experiments/benchmarks.md)."""
+    from rcot_jax import configs
+    from rcot_jax.configs import benchmark
+
+    def flat(tree, prefix=""):
+        out = {}
+        for key, value in tree.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+        return out
+
+    paper = flat(benchmark.get_config("a").to_dict())
+    for task in configs.TASKS:
+        default = flat(importlib.import_module(f"rcot_jax.configs.{task}").get_config().to_dict())
+        differ = {k for k in paper.keys() | default.keys() if paper.get(k) != default.get(k)}
+        assert differ <= {"data.task", "num_train_steps", "optim.decay_every_steps"}, (task, differ)
