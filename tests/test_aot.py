@@ -47,9 +47,9 @@ def _ran_on_cpu(hlo_pass, dump_dir):
 @needs_libtpu
 def test_a_two_host_slice_compiles_its_record_without_the_xla_cpu_flags(tmp_path):
     """One program compiled here and in a fresh process (the slowest part of the suite's TPU checks): the record, a
-    mesh over every chip of both hosts, XLA's convolutions for TPU. Rematerialised blocks leave optimization barriers, which the TPU compiler must
-    expand itself: with this process's XLA:CPU flags (set on import) they would reach it and fail ("opt-barrier is
-    not implemented")."""
+    mesh over every chip of both hosts, XLA's convolutions for TPU. Rematerialised blocks leave optimization
+    barriers, which the TPU compiler must expand itself: with this process's XLA:CPU flags (set on import) they
+    would reach it and fail ("opt-barrier is not implemented")."""
     if rcot_jax.NON_CPU_COMPILER_OPTIONS:    # the flags are in force for this process's CPU programs
         assert not _ran_on_cpu("cse_barrier_expander", tmp_path)
     config = _tiny()
