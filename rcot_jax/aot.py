@@ -140,7 +140,7 @@ def compile_in_fresh_process(config, topology, per_chip_batch):
                                rcot_jax.NON_CPU_COMPILER_OPTIONS).result()
         except concurrent.futures.process.BrokenProcessPool:
             raise AotError(f"--topology={topology} at {per_chip_batch} per chip: the compiling process died (killed "
-                           "for host memory? one compilation of the paper's step takes up to 17 GB); the records "
+                           "for host memory? one compilation of the paper's step takes 17 GB or more); the records "
                            "written so far stay") from None
 
 

@@ -266,6 +266,7 @@ RULES = {      # the primitives of both maps' jaxprs, at fixed and symbolic size
     "ge": _elementwise("GreaterOrEqual"), "integer_pow": _integer_pow, "select_n": _select_n,
     "convert_element_type": _convert,
     "copy": _elementwise("Identity"), "stop_gradient": _elementwise("Identity"),
+    "name": lambda c, ins, eqn, layer: ins[0],      # checkpoint_name (a remat policy's label): the value itself
     "reduce_sum": _reduce("ReduceSum"), "reduce_max": _reduce("ReduceMax"),
     "broadcast_in_dim": _broadcast_in_dim, "reshape": _reshape, "squeeze": _squeeze, "transpose": _transpose,
     "slice": _slice, "dim_as_value": _dim_as_value, "concatenate": _concatenate, "stack": _stack, "split": _split,
