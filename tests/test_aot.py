@@ -12,8 +12,8 @@ import jax
 import pytest
 
 import rcot_jax
-from rcot_jax import aot
-from rcot_jax.configs import deblur
+from rcot_jax import aot, configs
+from rcot_jax.configs import benchmark, deblur
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
@@ -161,9 +161,6 @@ def test_the_planning_tables_row_is_every_tasks_default():
     """README's planning table compiles configs/benchmark.py:a only: each task's default differs from it in its data
     and in its schedule's length, which changes two constants of the step and nothing it holds (lowered for v5e:2x2,
     every default gave (a)'s program once these were set to (a)'s: experiments/benchmarks.md)."""
-    from rcot_jax import configs
-    from rcot_jax.configs import benchmark
-
     def flat(tree, prefix=""):
         out = {}
         for key, value in tree.items():
