@@ -45,11 +45,12 @@ def _ran_on_cpu(hlo_pass, dump_dir):
 
 @pytest.mark.slow      # a TPU compilation: minutes on this CPU
 @needs_libtpu
-def test_a_two_host_slice_compiles_its_record_without_the_xla_cpu_flags(tmp_path):
-    """One program compiled here and in a fresh process (the slowest part of the suite's TPU checks): the record, a
-    mesh over every chip of both hosts, XLA's convolutions for TPU. Rematerialised blocks leave optimization
-    barriers, which the TPU compiler must expand itself: with this process's XLA:CPU flags (set on import) they
-    would reach it and fail ("opt-barrier is not implemented")."""
+def test_a_two_host_and_a_one_host_slice_compile_their_records_without_the_xla_cpu_flags(tmp_path):
+    """The tiny step compiled here for two hosts (v5e:2x4) and, as `--find_max_batch` compiles, in a fresh process
+    for one (v5e:2x2): the records, a mesh over every chip of both hosts, XLA's convolutions for TPU.
+    Rematerialised blocks leave optimization barriers, which the TPU compiler must expand itself: with the XLA:CPU
+    flags that `rcot_jax` sets on import (and a spawned process inherits) they would reach it and fail ("opt-barrier
+    is not implemented")."""
     if rcot_jax.NON_CPU_COMPILER_OPTIONS:    # the flags are in force for this process's CPU programs
         assert not _ran_on_cpu("cse_barrier_expander", tmp_path)
     config = _tiny()
@@ -66,9 +67,13 @@ def test_a_two_host_slice_compiles_its_record_without_the_xla_cpu_flags(tmp_path
     # A `--records` file knows a compilation by its program: config fields the step does not read leave it.
     config.seed, config.num_train_steps, config.log_every_steps = 7, 9, 3
     assert aot.program_id(aot.lower_for(config, devices, 2)[1]) == aot.program_id(lowered)
-    # `--find_max_batch` compiles each batch in a process of its own: the same program and record.
-    program, fresh = aot.compile_in_fresh_process(config, "v5e:2x4", 2)
-    assert program == aot.program_id(lowered) and fresh | {"compile_s": 0} == record | {"compile_s": 0}
+    # `--find_max_batch` compiles each batch in a process of its own: the program this process lowers.
+    program, fresh = aot.compile_in_fresh_process(config, "v5e:2x2", 2)
+    assert program == aot.program_id(aot.lower_for(config, aot.tpu_devices("v5e:2x2"), 2)[1])
+    assert set(fresh) | {"topology"} == set(aot.RECORD_KEYS) and fresh["fits"] is True
+    assert (fresh["chips"], fresh["hosts"], fresh["global_batch"], fresh["conv_impl"], fresh["remat"]) == \
+        (4, 1, 8, "xla", "full")
+    assert fresh["tflop_per_chip_step"] == pytest.approx(record["tflop_per_chip_step"], rel=0.05)
 
 
 @pytest.mark.slow
@@ -115,7 +120,8 @@ class _Lowered:
 def test_a_search_resumes_from_its_records_file(tmp_path, monkeypatch):
     """`--records`: every compilation is appended; a second search of the same program and topology compiles
     nothing it already has, while another program (here another remat), another topology or another libtpu is
-    compiled. (That the program, not the config's other fields, identifies a compilation: the two-host test.)"""
+    compiled. (That the program, not the config's other fields, identifies a compilation: the TPU compilation test
+    above.)"""
     compiled = []
 
     def fake_lower(config, devices, b):      # (per-chip batch in place of the config, program)
