@@ -43,7 +43,7 @@ def _ran_on_cpu(hlo_pass, dump_dir):
     return any(f"after_{hlo_pass}" in name for name in os.listdir(dump_dir))
 
 
-@pytest.mark.slow      # a TPU compilation: minutes on this CPU
+@pytest.mark.slow      # two TPU compilations: minutes on this CPU
 @needs_libtpu
 def test_a_two_host_and_a_one_host_slice_compile_their_records_without_the_xla_cpu_flags(tmp_path):
     """The tiny step compiled here for two hosts (v5e:2x4) and, as `--find_max_batch` compiles, in a fresh process
